@@ -1,0 +1,157 @@
+"""What is known about each audio file, remembered across runs and processes.
+
+Two tables in one SQLite file (safe for several processes at once):
+
+* ``files``: a file's identity on disk (path, size, mtime, inode) -> the digest of its bytes, so an
+  unchanged file is never hashed twice;
+* ``audio``: digest -> what decoding found (rate, channels, frames, peak) or why it is unusable.
+
+Everything downstream (validation, the feature cache) is keyed by the content digest, so an edited
+or replaced file is noticed, and a renamed or copied one is not decoded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import AudioError, DataError
+from .io import AudioInfo, decode
+
+# Bumped when decode() learns a new check, so earlier verdicts are re-examined.
+CHECK_VERSION = 1
+DIGEST_BYTES = 16
+
+
+def digest_bytes(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).hexdigest()
+
+
+@dataclass(frozen=True)
+class FileStat:
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> "FileStat":
+        st = path.stat()
+        return cls(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@dataclass(frozen=True)
+class AudioVerdict:
+    """The outcome of decoding one file's bytes: ``info`` when usable, else the reason."""
+
+    digest: str
+    info: AudioInfo | None
+    code: str = ""
+    detail: str = ""
+    hint: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.info is not None
+
+    def error(self, name: str) -> AudioError:
+        return AudioError(self.detail, code=self.code, path=name, hint=self.hint or None)
+
+
+def examine(data: bytes, *, name: str) -> tuple[AudioVerdict, tuple | None]:
+    """Digest and decode ``data``; returns the verdict and, when usable, ``(samples, rate)``."""
+    digest = digest_bytes(data)
+    try:
+        y, sr, info = decode(data, name=name)
+    except AudioError as e:
+        return AudioVerdict(digest, None, e.code, e.detail, e.hint or ""), None
+    return AudioVerdict(digest, info), (y, sr)
+
+
+class Inventory:
+    def __init__(self, db_path: Path):
+        self.db_path = Path(db_path)
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.db_path, timeout=120, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout = 120000")
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError:
+                pass  # some network filesystems refuse WAL; the default journal still works
+            self._db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,
+                                                  inode INTEGER, digest TEXT);
+                CREATE TABLE IF NOT EXISTS audio (digest TEXT PRIMARY KEY, check_version INTEGER,
+                    sample_rate INTEGER, channels INTEGER, frames INTEGER, subtype TEXT, container TEXT,
+                    peak_dbfs REAL, code TEXT, detail TEXT, hint TEXT);
+                """
+            )
+        except (OSError, sqlite3.Error) as e:
+            raise DataError(f"cannot open the audio inventory {self.db_path}: {e}",
+                            hint="the cache folder must be writable; choose another with --cache-dir or AUDIOTAG_CACHE") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Inventory":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def digest_of(self, stat: FileStat) -> str | None:
+        row = self._db.execute("SELECT size, mtime_ns, inode, digest FROM files WHERE path = ?", (stat.path,)).fetchone()
+        if row is None or tuple(row[:3]) != (stat.size, stat.mtime_ns, stat.inode):
+            return None
+        return row[3]
+
+    def verdict(self, digest: str) -> AudioVerdict | None:
+        row = self._db.execute(
+            "SELECT check_version, sample_rate, channels, frames, subtype, container, peak_dbfs, code, detail, hint "
+            "FROM audio WHERE digest = ?", (digest,)).fetchone()
+        if row is None or row[0] != CHECK_VERSION:
+            return None
+        _, sr, ch, frames, subtype, container, peak, code, detail, hint = row
+        if code:
+            return AudioVerdict(digest, None, code, detail, hint or "")
+        return AudioVerdict(digest, AudioInfo(sr, ch, frames, subtype, container, float(peak)))
+
+    def record(self, items: list[tuple[FileStat, AudioVerdict]]) -> None:
+        if not items:
+            return
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
+                [(s.path, s.size, s.mtime_ns, s.inode, v.digest) for s, v in items])
+            self._db.executemany(
+                "INSERT OR REPLACE INTO audio VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(v.digest, CHECK_VERSION,
+                  *((v.info.sample_rate, v.info.channels, v.info.frames, v.info.subtype, v.info.container,
+                     v.info.peak_dbfs) if v.info else (None,) * 6),
+                  v.code or None, v.detail or None, v.hint or None) for _, v in items])
+
+
+def default_cache_dir() -> Path:
+    """``$AUDIOTAG_CACHE``, else ``$XDG_CACHE_HOME/audiotag``, else ``~/.cache/audiotag``."""
+    if os.environ.get("AUDIOTAG_CACHE"):
+        return Path(os.environ["AUDIOTAG_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "audiotag"
+
+
+def scan_file(task: tuple[str, str]) -> tuple[FileStat, AudioVerdict]:
+    """Worker: ``(path, display name)`` -> its identity and verdict. Never raises for bad audio."""
+    path, name = Path(task[0]), task[1]
+    stat = FileStat.of(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return stat, AudioVerdict("", None, "unreadable", f"cannot be read ({e.strerror})", "check the file's permissions")
+    verdict, _ = examine(data, name=name)
+    return stat, verdict

@@ -1,0 +1,179 @@
+"""Decoding audio files into checked mono waveforms at a fixed rate.
+
+libsndfile (through soundfile) decodes WAV, FLAC, OGG/Vorbis, MP3 and AIFF at any rate and channel
+count. Everything that can be wrong with a file is raised as an :class:`AudioError` with a
+``code`` the validator groups by: empty, unreadable, truncated, corrupt, zero-length, silent,
+non-finite.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from ..errors import AudioError
+
+# Extensions libsndfile decodes; others are reported as unsupported before any decoding.
+SUPPORTED_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".w64", ".rf64")
+# A clip whose peak is below this is "all silent": -90 dBFS is one PCM16 step.
+SILENCE_PEAK_DBFS = -90.0
+MIN_SAMPLE_RATE = 1000
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What decoding a file found. ``peak_dbfs`` is -inf for digital silence."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    subtype: str
+    container: str
+    peak_dbfs: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def is_supported(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in SUPPORTED_EXTENSIONS
+
+
+def _wav_declared_data_bytes(data: bytes) -> tuple[int, int] | None:
+    """(declared size, offset) of a RIFF/WAVE ``data`` chunk, or None if not a plain RIFF WAV."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk_id = data[pos : pos + 4]
+        (size,) = struct.unpack("<I", data[pos + 4 : pos + 8])
+        if chunk_id == b"data":
+            return size, pos + 8
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def decode(data: bytes, *, name: str) -> tuple[np.ndarray, int, AudioInfo]:
+    """Decode file bytes to float32 ``[shape=(frames, channels)]`` and check them.
+
+    ``name`` is only used in messages. Raises :class:`AudioError` for every unusable file.
+    """
+    if len(data) == 0:
+        raise AudioError(f"the file is empty (0 bytes)", code="empty", path=name,
+                         hint="re-export or re-download the file; an interrupted copy often leaves 0 bytes")
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            header_frames, sr, channels = f.frames, f.samplerate, f.channels
+            subtype, container = f.subtype, f.format
+            y = f.read(dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        text = str(e)
+        if "not recognised" in text or "unknown format" in text.lower():
+            head = data[:16]
+            printable = head.decode("ascii", "replace") if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else head.hex(" ")
+            raise AudioError(
+                f"not a readable audio file (format not recognised; it starts with {printable!r})",
+                code="unreadable", path=name,
+                hint="check that the file really is audio; convert other formats to WAV or FLAC (e.g. with ffmpeg)",
+            ) from None
+        raise AudioError(f"the audio data is corrupt ({text.split(':')[-1].strip()})", code="corrupt", path=name,
+                         hint="re-export or re-download the file") from None
+
+    declared = _wav_declared_data_bytes(data)
+    if declared is not None:
+        size, offset = declared
+        present = len(data) - offset
+        if size not in (0, 0xFFFFFFFF) and present < size:
+            raise AudioError(
+                f"truncated WAV: its header declares {size} bytes of audio but only {max(present, 0)} are present "
+                f"({100 * max(present, 0) / size:.0f}%)",
+                code="truncated", path=name, hint="the file was cut short (interrupted copy or download); replace it",
+            )
+    elif header_frames > 0 and len(y) < header_frames:
+        raise AudioError(f"truncated: its header declares {header_frames} frames but only {len(y)} decode",
+                         code="truncated", path=name, hint="the file was cut short; replace it")
+    if sr < MIN_SAMPLE_RATE:
+        raise AudioError(f"sample rate {sr} Hz is implausibly low", code="bad-sample-rate", path=name,
+                         hint="the header is probably damaged; re-export the file")
+    if len(y) == 0:
+        raise AudioError(f"the file holds no audio (0 frames)", code="zero-length", path=name,
+                         hint="remove the clip from the CSV or replace the file")
+    if not np.isfinite(y).all():
+        bad = int((~np.isfinite(y)).sum())
+        raise AudioError(f"{bad} samples are NaN or infinite", code="nonfinite", path=name,
+                         hint="the float WAV was written from broken data; regenerate it")
+    peak = float(np.abs(y).max())
+    peak_dbfs = 20 * np.log10(peak) if peak > 0 else float("-inf")
+    info = AudioInfo(sample_rate=sr, channels=channels, frames=len(y), subtype=subtype, container=container,
+                     peak_dbfs=float(peak_dbfs))
+    if peak_dbfs < SILENCE_PEAK_DBFS:
+        level = "digital silence" if peak == 0 else f"peak {peak_dbfs:.1f} dBFS"
+        raise AudioError(f"the clip is silent ({level})", code="silent", path=name,
+                         hint="an all-silent clip carries no label information; remove it or replace the file")
+    return y, sr, info
+
+
+def read_file(path: str | Path, *, name: str | None = None) -> bytes:
+    name = name or str(path)
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise AudioError(f"file not found", code="missing-file", path=name) from None
+    except IsADirectoryError:
+        raise AudioError(f"is a folder, not an audio file", code="unreadable", path=name) from None
+    except OSError as e:
+        raise AudioError(f"cannot be read ({e.strerror})", code="unreadable", path=name,
+                         hint="check the file's permissions") from None
+
+
+def to_mono(y: np.ndarray) -> np.ndarray:
+    """``[shape=(frames, channels)]`` -> ``[shape=(frames,)]`` by averaging the channels."""
+    return y[:, 0].copy() if y.shape[1] == 1 else y.mean(axis=1, dtype=np.float32)
+
+
+def resample(y: np.ndarray, *, sr_in: int, sr_out: int, quality: str = "HQ") -> np.ndarray:
+    if sr_in == sr_out:
+        return y
+    return soxr.resample(y, sr_in, sr_out, quality=quality).astype(np.float32, copy=False)
+
+
+def trim_silence(y: np.ndarray, *, top_db: float, frame_length: int = 2048, hop_length: int = 512) -> np.ndarray:
+    """Cut leading and trailing frames whose RMS is more than ``top_db`` below the loudest frame."""
+    if len(y) <= frame_length:
+        return y
+    n_frames = 1 + (len(y) - frame_length) // hop_length
+    idx = np.arange(frame_length)[None, :] + hop_length * np.arange(n_frames)[:, None]
+    rms = np.sqrt(np.mean(y[idx] ** 2, axis=1))
+    db = 20 * np.log10(np.maximum(rms, 1e-10))
+    active = np.flatnonzero(db > db.max() - top_db)
+    if len(active) == 0:
+        return y
+    start = active[0] * hop_length
+    stop = min(len(y), active[-1] * hop_length + frame_length)
+    return y[start:stop]
+
+
+def load_audio(path: str | Path, *, sample_rate: int, quality: str = "HQ", trim_top_db: float | None = None,
+               name: str | None = None) -> tuple[np.ndarray, AudioInfo]:
+    """Read, check, downmix, resample and optionally trim one file.
+
+    Returns float32 ``[shape=(n,)]`` at ``sample_rate`` and the file's :class:`AudioInfo`.
+    """
+    name = name or str(path)
+    y, sr, info = decode(read_file(path, name=name), name=name)
+    return prepare_waveform(y, sr, sample_rate=sample_rate, quality=quality, trim_top_db=trim_top_db), info
+
+
+def prepare_waveform(y: np.ndarray, sr: int, *, sample_rate: int, quality: str = "HQ",
+                     trim_top_db: float | None = None) -> np.ndarray:
+    y = resample(to_mono(y), sr_in=sr, sr_out=sample_rate, quality=quality)
+    if trim_top_db is not None:
+        y = trim_silence(y, top_db=trim_top_db)
+    return np.ascontiguousarray(y, dtype=np.float32)

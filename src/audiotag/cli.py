@@ -1,0 +1,277 @@
+"""The ``audiotag`` command: thin subcommands over the Python API.
+
+Every subcommand parses its arguments, calls one library function and prints what it found.
+Errors the user can act on are printed as ``audiotag: error: ...`` with a hint and a non-zero exit
+status; anything unexpected is summarised in one line with the traceback saved to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import textwrap
+import traceback
+from pathlib import Path
+
+from . import __version__
+from .errors import AudiotagError
+
+EXIT_PROBLEMS = 1
+EXIT_INTERNAL = 3
+
+
+# ----------------------------------------------------------------------------- shared options
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument("data", nargs="?" if not required else None, metavar="DATA",
+                   help="dataset folder (Kaggle FAT2019 layout, a folder with a labels CSV, or one folder per class)")
+    g = p.add_argument_group("generic CSV datasets")
+    g.add_argument("--csv", metavar="FILE", help="a CSV naming files and labels (instead of detecting the layout)")
+    g.add_argument("--audio-dir", metavar="DIR", help="folder holding the files the CSV names (default: DATA or the CSV's folder)")
+    g.add_argument("--file-col", metavar="NAME", help="column with file names (default: fname/filename/file/path/...)")
+    g.add_argument("--label-col", metavar="NAME", help="column with labels (default: labels/label/category/class)")
+    g.add_argument("--fold-col", metavar="NAME", help="column with predefined CV folds (default: fold, when present)")
+    g.add_argument("--label-sep", default=",", metavar="SEP", help="separator between labels of one clip (default ',')")
+    g.add_argument("--vocabulary", metavar="FILE", help="vocabulary.csv fixing the label set and order")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config (only the keys it changes); default: built-in")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set features.n_mels=128 (repeatable)")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", metavar="DIR", help="feature cache folder (default: $AUDIOTAG_CACHE or ~/.cache/audiotag)")
+    p.add_argument("--skip-bad", action="store_true", help="leave out clips that fail validation instead of stopping")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes for decoding/features (default: one per core)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _load(args, *, audio: bool = True):
+    from .data.layouts import load_dataset
+
+    if args.data is None and args.csv is None:
+        raise AudiotagError("no dataset given", hint="pass a dataset folder, or --csv FILE --audio-dir DIR")
+    return load_dataset(args.data, csv=args.csv, audio_dir=args.audio_dir, file_col=args.file_col,
+                        label_col=args.label_col, fold_col=args.fold_col, label_sep=args.label_sep,
+                        vocabulary=args.vocabulary, audio=audio)
+
+
+def _config(args):
+    from .config import load_config
+
+    config = load_config(getattr(args, "config", None), getattr(args, "overrides", []))
+    if getattr(args, "workers", None) is not None:
+        config.data.num_workers = args.workers
+    if getattr(args, "skip_bad", False):
+        config.data.skip_bad = True
+    return config
+
+
+def _print_skipped(skipped) -> None:
+    if skipped:
+        print(f"skipped {len(skipped)} bad clips (--skip-bad):")
+        for p in skipped[:20]:
+            print(f"  {p.split}/{p.fname}: {p.code}")
+        if len(skipped) > 20:
+            print(f"  ... and {len(skipped) - 20} more")
+
+
+# ----------------------------------------------------------------------------- subcommands
+
+
+def cmd_check(args) -> int:
+    from .data.check import check_dataset
+    from . import fsutil
+
+    config = _config(args)
+    ds = _load(args, audio=not args.no_audio)
+    report = check_dataset(ds, audio=not args.no_audio, cache_dir=args.cache_dir, num_workers=config.data.num_workers,
+                           progress=not args.quiet, sample_rate=config.audio.sample_rate)
+    text = report.format()
+    if text:
+        print(text)
+    if args.report:
+        fsutil.write_text(args.report, report.to_csv())
+        print(f"problems written to {args.report}")
+    print(report.summary())
+    if report.ok():
+        return 0
+    if report.ok(skip_bad=args.skip_bad):
+        print(f"--skip-bad: later stages will proceed without the {len(report.bad_clips)} bad clips")
+        return 0
+    return EXIT_PROBLEMS
+
+
+def cmd_inspect(args) -> int:
+    from .report.inspect import inspect_dataset
+
+    ds = _load(args, audio=not args.no_audio)
+    summary = inspect_dataset(ds, args.out, audio=not args.no_audio, config=_config(args),
+                              max_example_classes=args.max_examples, progress=not args.quiet)
+    parts = [f"{s['clips']} {name}" for name, s in summary["splits"].items()]
+    print(f"{summary['layout']} dataset: {', '.join(parts)} clips; {summary['vocabulary_size']} labels")
+    for name, s in summary["splits"].items():
+        if s["multi_label_clips"]:
+            print(f"  {name}: {s['multi_label_clips']} multi-label clips, "
+                  f"{s['mean_labels_per_clip']:.2f} labels per clip on average")
+    if "shift_curated_to_noisy" in summary:
+        print(f"  curated -> noisy label shift: JS divergence {summary['shift_curated_to_noisy']['js_divergence_bits']:.3f} bits")
+    print(f"summary: {Path(args.out) / 'summary.md'}")
+    return 0
+
+
+def cmd_features(args) -> int:
+    from .features.cache import build_features
+
+    config = _config(args)
+    ds = _load(args)
+    splits = tuple(s.strip() for s in args.splits.split(",")) if args.splits else None
+    built = build_features(ds, config, cache_dir=args.cache_dir, splits=splits, progress=not args.quiet)
+    counts = ", ".join(f"{len(built.dataset.split(s))} {s}" for s in built.dataset.splits)
+    print(f"features ready for {len(built.digests)} clips ({counts}) in {built.store.dir}")
+    _print_skipped(built.dataset.skipped)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .pipeline.demo import run_demo
+
+    run_demo(args.out, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_features
+
+    result = bench_features(args.data, config=_config(args), limit=args.limit, report=args.report,
+                            progress=not args.quiet)
+    print(f"{result['clips']} clips: audiotag {result['ours_end_to_end_clips_per_s']:.0f} clips/s end to end, "
+          f"librosa {result['librosa_end_to_end_clips_per_s']:.0f} clips/s: {result['end_to_end_ratio']:.1f}x "
+          f"(front-end only {result['compute_ratio']:.1f}x; max |dB diff| {result['max_abs_db_difference']:.4f})")
+    if args.report:
+        print(f"written to {args.report}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _sub(subs, name: str, help: str, description: str, example: str) -> argparse.ArgumentParser:
+    return subs.add_parser(name, help=help, description=description,
+                           epilog="example:\n" + textwrap.indent(textwrap.dedent(example).strip(), "  "),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiotag",
+        description="Multi-label audio tagging, FAT2019 style: validate data, cache features, train, predict, score.",
+        epilog="example:\n  audiotag demo            # generate a synthetic dataset and run the whole pipeline on it\n"
+               "  audiotag check DATA --skip-bad\n\nEach subcommand has its own --help with an example.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"audiotag {__version__}")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subs.required = True
+
+    p = _sub(subs, "demo", "generate the built-in synthetic dataset and run the pipeline on it",
+             "Generate a synthetic FAT2019-layout dataset (14 sound classes, curated/noisy/test splits) "
+             "and run check -> inspect -> features on it. Needs no download.",
+             "audiotag demo --out demo")
+    p.add_argument("--out", default="demo", metavar="DIR", help="folder for the data, cache and outputs (default: demo)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated dataset (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="regenerate the data even if it exists")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = _sub(subs, "check", "validate a dataset and list every problem",
+             "Validate a dataset before any heavy work: CSV rows, labels, paths, missing and stray files, "
+             "and every audio file (decoded once; verdicts are cached). Exit status 1 when anything is wrong.",
+             """
+             audiotag check data/fat2019 --report problems.csv
+             audiotag check --csv ESC-50/meta/esc50.csv --audio-dir ESC-50/audio
+             audiotag check data/fat2019 --skip-bad   # exit 0 if the bad clips can simply be left out
+             """)
+    _add_data_args(p, required=False)
+    _add_config_args(p)
+    _add_run_args(p)
+    p.add_argument("--no-audio", action="store_true", help="check the CSVs only (no audio folders needed)")
+    p.add_argument("--report", metavar="FILE", help="also write every problem to this CSV")
+    p.set_defaults(func=cmd_check)
+
+    p = _sub(subs, "inspect", "summarise a dataset with plots (know your data)",
+             "Write summary.md, summary.json and PNG plots: clip counts, label distribution per split, labels per "
+             "clip, class imbalance, curated-vs-noisy label shift, durations and example spectrograms.",
+             "audiotag inspect data/fat2019 --out inspect/\naudiotag inspect FSDKaggle2019.meta --no-audio --out meta-summary/")
+    _add_data_args(p, required=False)
+    _add_config_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the summary and plots")
+    p.add_argument("--no-audio", action="store_true", help="summarise from the CSVs alone")
+    p.add_argument("--max-examples", type=int, default=24, metavar="N", help="classes shown as example spectrograms")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_inspect)
+
+    p = _sub(subs, "features", "validate a dataset and build its feature cache",
+             "Validate a dataset and compute the configured features of every clip into the cache (once per "
+             "settings, audio content and library versions; later runs reuse it).",
+             "audiotag features data/fat2019 --set features.n_mels=128 --skip-bad")
+    _add_data_args(p, required=False)
+    _add_config_args(p)
+    _add_run_args(p)
+    p.add_argument("--splits", metavar="LIST", help="only these splits, e.g. curated,test (default: all)")
+    p.set_defaults(func=cmd_features)
+
+    p = _sub(subs, "bench", "benchmark feature extraction against librosa",
+             "Build the feature cache of DATA from cold and time librosa per clip on the same files and settings; "
+             "--report writes the table into a Markdown file (BENCHMARKS.md).",
+             "python ../shared/bench/make_dataset.py --out .bench/small --scale small\n"
+             "audiotag bench features .bench/small --report BENCHMARKS.md")
+    p.add_argument("what", choices=["features"], help="what to benchmark")
+    p.add_argument("data", metavar="DATA", help="dataset folder")
+    _add_config_args(p)
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N clips")
+    p.add_argument("--report", metavar="FILE", help="Markdown file to write the results into")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except AudiotagError as e:
+        print(f"audiotag: error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"  hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("audiotag: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, traceback to a file
+        fd, path = tempfile.mkstemp(prefix="audiotag-crash-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            traceback.print_exc(file=f)
+        print(f"audiotag: internal error: {type(e).__name__}: {e}\n  the full traceback is in {path}; "
+              "please report it with the command you ran", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def entry_point() -> None:
+    """Console script. On Linux it re-executes itself once with glibc's allocator told to keep freed
+    memory: otherwise every training step re-faults its buffers (measured in BENCHMARKS.md)."""
+    if (sys.platform.startswith("linux") and "MALLOC_MMAP_MAX_" not in os.environ
+            and not os.environ.get("AUDIOTAG_NO_REEXEC")):
+        env = dict(os.environ, MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="100000000000")
+        try:
+            os.execve(sys.executable, [sys.executable, "-m", "audiotag", *sys.argv[1:]], env)
+        except OSError:
+            pass
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Configuration as validated data.
+
+One typed tree of dataclasses holds every setting. It is built from the defaults, then a YAML
+file (which may hold only the keys it changes), then ``--set key=value`` overrides, and it is
+saved, resolved, into every run. Unknown keys, wrong types and out-of-range values are errors
+that name the key and, for a misspelt key, suggest the closest valid one. YAML is read with
+``safe_load``: a config is data, never code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+
+def _range(lo=None, hi=None, *, lo_open=False):
+    return {"min": lo, "max": hi, "lo_open": lo_open}
+
+
+@dataclass
+class AudioConfig:
+    """How a file becomes a mono waveform at a fixed rate."""
+
+    sample_rate: int = field(default=16000, metadata=_range(1000, 384000))
+    resample_quality: Literal["VHQ", "HQ", "MQ", "LQ", "QQ"] = "HQ"
+    # Leading/trailing silence quieter than `trim_top_db` below the clip's peak is cut.
+    trim_silence: bool = False
+    trim_top_db: float = field(default=60.0, metadata=_range(0.0, 200.0, lo_open=True))
+
+
+@dataclass
+class FeatureConfig:
+    """The front-end: what is computed from a waveform and cached."""
+
+    kind: Literal["logmel"] = "logmel"
+    n_fft: int = field(default=1024, metadata=_range(16, 65536))
+    hop_length: int = field(default=320, metadata=_range(1, 65536))
+    win_length: int | None = field(default=None, metadata=_range(1, 65536))
+    n_mels: int = field(default=64, metadata=_range(1, 1024))
+    fmin: float = field(default=20.0, metadata=_range(0.0))
+    fmax: float | None = field(default=None, metadata=_range(0.0, lo_open=True))
+    power: float = field(default=2.0, metadata=_range(0.0, 4.0, lo_open=True))
+    mel_scale: Literal["slaney", "htk"] = "slaney"
+    mel_norm: Literal["slaney", "none"] = "slaney"
+    # "max": 0 dB at each clip's loudest bin (librosa's ref=np.max); "absolute": ref = 1.0.
+    db_reference: Literal["max", "absolute"] = "max"
+    top_db: float | None = field(default=80.0, metadata=_range(0.0, lo_open=True))
+    amin: float = field(default=1e-10, metadata=_range(0.0, 1.0, lo_open=True))
+    # Adds delta and delta-delta channels (librosa.feature.delta, Savitzky-Golay, width frames).
+    deltas: bool = False
+    delta_width: int = field(default=9, metadata=_range(3, 99))
+    cache_dtype: Literal["float16", "float32"] = "float16"
+
+
+@dataclass
+class DataConfig:
+    """How datasets are read and validated."""
+
+    # Leave out clips that fail validation instead of stopping (they are listed in the run).
+    skip_bad: bool = False
+    # Processes for decoding and feature extraction; 0 means one per CPU core.
+    num_workers: int = field(default=0, metadata=_range(0, 256))
+
+
+@dataclass
+class Config:
+    seed: int = field(default=0, metadata=_range(0))
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> "Config":
+        _check_cross_fields(self)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _check_cross_fields(cfg: Config) -> None:
+    f, a = cfg.features, cfg.audio
+    nyquist = a.sample_rate / 2
+    if f.fmax is not None and f.fmax > nyquist:
+        raise ConfigError(
+            f"features.fmax = {f.fmax} is above the Nyquist frequency {nyquist:g} Hz of audio.sample_rate = {a.sample_rate}",
+            hint=f"set features.fmax to at most {nyquist:g}, or null for sample_rate / 2",
+        )
+    top = f.fmax if f.fmax is not None else nyquist
+    if f.fmin >= top:
+        raise ConfigError(f"features.fmin = {f.fmin} must be below fmax ({top:g} Hz)")
+    if f.win_length is not None and f.win_length > f.n_fft:
+        raise ConfigError(f"features.win_length = {f.win_length} must not exceed features.n_fft = {f.n_fft}")
+    if f.n_mels > f.n_fft // 2 + 1:
+        raise ConfigError(
+            f"features.n_mels = {f.n_mels} exceeds the {f.n_fft // 2 + 1} frequency bins of n_fft = {f.n_fft}",
+            hint="raise features.n_fft or lower features.n_mels",
+        )
+    if f.delta_width % 2 == 0:
+        raise ConfigError(f"features.delta_width = {f.delta_width} must be odd")
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(v) for v in typing.get_args(tp))
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return " | ".join(_type_name(t) for t in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if isinstance(tp, types.UnionType) or origin is typing.Union:
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key} = {value!r} is not a valid {_type_name(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key} = {value!r} is not null")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        close = difflib.get_close_matches(str(value), [str(v) for v in typing.get_args(tp)], n=1)
+        raise ConfigError(
+            f"{key} = {value!r} is not one of {_type_name(tp)}",
+            hint=f"did you mean {close[0]!r}?" if close else None,
+        )
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} = {value!r} must be a list")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} = {value!r} must be true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} = {value!r} must be an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} = {value!r} must be a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} = {value!r} must be a string")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of settings, got {value!r}")
+        return _build(tp, value, key)
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in this module
+
+
+def _check_range(value: Any, meta: dict, key: str) -> None:
+    if value is None or not meta or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        rel = ">" if meta.get("lo_open") else ">="
+        raise ConfigError(f"{key} = {value!r} is out of range: must be {rel} {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key} = {value!r} is out of range: must be <= {hi}")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            close = difflib.get_close_matches(str(name), list(fields), n=1, cutoff=0.6)
+            raise ConfigError(
+                f"unknown config key {key!r}",
+                hint=(f"did you mean {(prefix + '.' if prefix else '') + close[0]!r}? " if close else "")
+                + f"valid keys here: {', '.join(fields)}",
+            )
+        kwargs[name] = _coerce(value, hints[name], key)
+        _check_range(kwargs[name], fields[name].metadata, key)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """``"features.n_mels=128"`` -> ``{"features": {"n_mels": 128}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value", hint="e.g. --set features.n_mels=128")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({e.problem})") from None
+    out: dict = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = ""
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of settings, not a {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides; validated."""
+    data: dict = {}
+    if path is not None:
+        data = read_yaml(path)
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    return config_from_dict(data)
+
+
+def config_from_dict(data: dict) -> Config:
+    return _build(Config, data).validate()

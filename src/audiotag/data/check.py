@@ -1,0 +1,181 @@
+"""Validation of a whole dataset in one pass, before any heavy work.
+
+:func:`check_dataset` collects every problem (CSV rows, labels, paths, missing and stray files,
+undecodable or unusable audio) into a :class:`CheckReport`; :func:`validate` is what training,
+feature extraction and prediction call: it either returns the dataset (without the bad clips when
+``skip_bad``) or raises :class:`ValidationFailed` listing everything.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..audio.inventory import AudioVerdict, FileStat, Inventory, default_cache_dir, scan_file
+from ..audio.io import AudioInfo, is_supported
+from ..errors import ValidationFailed
+from ..parallel import parallel_map
+from .layouts import audio_files_under
+from .records import Clip, Dataset, Problem
+
+INVENTORY_FILE = "inventory.sqlite"
+
+
+@dataclass
+class CheckReport:
+    problems: list[Problem]
+    clip_counts: dict[str, int]
+    audio_checked: bool
+    # (split, fname) -> what decoding found, for every clip whose audio is usable.
+    audio: dict[tuple[str, str], AudioInfo] = field(default_factory=dict)
+    digests: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def bad_clips(self) -> set[tuple[str, str]]:
+        return {(p.split, p.fname) for p in self.errors if p.skippable}
+
+    def ok(self, *, skip_bad: bool = False) -> bool:
+        errors = self.errors
+        return not errors or (skip_bad and all(p.skippable for p in errors))
+
+    def format(self, *, limit: int | None = None, warnings: bool = True) -> str:
+        shown = self.errors + (self.warnings if warnings else [])
+        lines = [p.format() for p in shown[:limit]]
+        if limit is not None and len(shown) > limit:
+            lines.append(f"... and {len(shown) - limit} more (all of them are in the problems CSV)")
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{n} {split}" for split, n in self.clip_counts.items())
+        by_code = Counter(p.code for p in self.errors)
+        text = f"{sum(self.clip_counts.values())} clips ({counts}); "
+        if not self.errors:
+            text += "no errors"
+        else:
+            text += f"{len(self.errors)} errors (" + ", ".join(f"{n} {c}" for c, n in by_code.most_common()) + ")"
+            bad = len(self.bad_clips)
+            if bad:
+                text += f"; --skip-bad would leave out {bad} clips"
+        if self.warnings:
+            text += f"; {len(self.warnings)} warnings"
+        return text + ("" if self.audio_checked else " (audio not checked)")
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["severity", "code", "split", "fname", "source", "row", "message", "hint"])
+        for p in self.errors + self.warnings:
+            writer.writerow([p.severity, p.code, p.split or "", p.fname or "", p.source or "", p.row or "", p.message,
+                             p.hint])
+        return out.getvalue()
+
+
+def _where(clip: Clip) -> dict:
+    return {"split": clip.split, "fname": clip.fname, "source": clip.source, "row": clip.row}
+
+
+def file_problems(ds: Dataset) -> tuple[list[Problem], list[Clip]]:
+    """Missing, unsupported and stray files; returns them and the clips whose file can be decoded."""
+    problems: list[Problem] = []
+    decodable: list[Clip] = []
+    for clip in ds.clips:
+        if clip.path is None:
+            continue  # unsafe name, already reported
+        if not clip.path.is_file():
+            what = "is a folder" if clip.path.is_dir() else "does not exist"
+            problems.append(Problem("missing-file", f"{clip.fname}: the CSV row's file {clip.path} {what}",
+                                    hint="restore the file, or delete the row", **_where(clip)))
+        elif not is_supported(clip.path):
+            problems.append(Problem("unsupported-format", f"{clip.fname}: {clip.path.suffix or 'no extension'} "
+                                    "is not a supported audio format", **_where(clip),
+                                    hint="convert it to WAV or FLAC (e.g. ffmpeg -i in.m4a out.wav)"))
+        else:
+            decodable.append(clip)
+    for split, folder in ds.audio_dirs.items():
+        named = {c.path.resolve() for c in ds.clips if c.split == split and c.path is not None}
+        for path in audio_files_under(folder):
+            if path.resolve() not in named:
+                rel = path.relative_to(folder).as_posix()
+                problems.append(Problem("stray-file", f"{folder.name}/{rel} has no row in the CSV", split=split,
+                                        fname=rel, source=f"{folder.name}/",
+                                        hint="add a row for it, or move it out of the audio folder"))
+    return problems, decodable
+
+
+def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = None, num_workers: int = 0,
+                  progress: bool = False, sample_rate: int | None = None) -> CheckReport:
+    """Every problem with ``ds``; with ``audio``, each file is decoded (once: verdicts are cached)."""
+    problems = list(ds.problems)
+    counts = {split: len(ds.split(split)) for split in ds.splits}
+    if not audio:
+        return CheckReport(problems, counts, audio_checked=False)
+    missing, decodable = file_problems(ds)
+    problems += missing
+
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    verdicts: dict[Path, AudioVerdict] = {}
+    with Inventory(cache_dir / INVENTORY_FILE) as inventory:
+        todo: list[tuple[str, str]] = []
+        for clip in decodable:
+            stat = FileStat.of(clip.path)
+            digest = inventory.digest_of(stat)
+            verdict = inventory.verdict(digest) if digest else None
+            if verdict is None:
+                todo.append((str(clip.path), clip.fname))
+            else:
+                verdicts[clip.path] = verdict
+        todo = list(dict.fromkeys(todo))
+        found: list[tuple[FileStat, AudioVerdict]] = []
+        for stat, verdict in parallel_map(scan_file, todo, num_workers=num_workers, desc="checking audio",
+                                          progress=progress):
+            verdicts[Path(stat.path)] = verdict
+            if verdict.digest:
+                found.append((stat, verdict))
+            if len(found) >= 500:
+                inventory.record(found)
+                found = []
+        inventory.record(found)
+
+    report = CheckReport(problems, counts, audio_checked=True)
+    by_digest: dict[str, list[Clip]] = defaultdict(list)
+    for clip in decodable:
+        verdict = verdicts.get(clip.path) or verdicts.get(clip.path.resolve())
+        if verdict is None:  # pragma: no cover - every decodable clip was scanned above
+            raise RuntimeError(f"no verdict for {clip.path}")
+        if not verdict.ok:
+            error = verdict.error(clip.fname)
+            report.problems.append(Problem(verdict.code, error.message, hint=verdict.hint, **_where(clip)))
+            continue
+        report.audio[clip.key] = verdict.info
+        report.digests[clip.key] = verdict.digest
+        by_digest[verdict.digest].append(clip)
+        if sample_rate and verdict.info.sample_rate < sample_rate:
+            report.problems.append(Problem(
+                "low-sample-rate", f"{clip.fname} is {verdict.info.sample_rate} Hz, below audio.sample_rate = "
+                f"{sample_rate}: it is upsampled and its top band stays empty", severity="warning", **_where(clip)))
+    for digest, clips in by_digest.items():
+        splits = {c.split for c in clips}
+        if len(clips) > 1 and "test" in splits and len(splits) > 1:
+            names = ", ".join(f"{c.split}/{c.fname}" for c in clips[:4])
+            report.problems.append(Problem("train-test-duplicate", f"identical audio in training and test: {names}",
+                                           severity="warning", hint="test scores will be optimistic; remove the copies"))
+    return report
+
+
+def validate(ds: Dataset, *, skip_bad: bool = False, **kwargs) -> tuple[Dataset, CheckReport]:
+    """Check ``ds``; return it (without the bad clips if ``skip_bad``) or raise ValidationFailed."""
+    report = check_dataset(ds, **kwargs)
+    if not report.ok(skip_bad=skip_bad):
+        raise ValidationFailed(report)
+    return ds.without(report.errors), report

@@ -1,0 +1,212 @@
+"""The feature cache: features computed once per (settings, audio content, library versions).
+
+Layout under the cache folder::
+
+    inventory.sqlite                    file identity -> content digest -> decode verdict
+    features/<key>/meta.json            the settings and versions behind <key>
+    features/<key>/<dd>/<digest>.npy    one clip, [shape=(C, F, T)], float16 or float32
+
+``<key>`` hashes the audio and feature settings, this module's version and the versions of the
+libraries that compute them; ``<digest>`` hashes the file's bytes. Changing either builds new
+entries and never reads stale ones. Entries are written to a temporary file and renamed, so an
+interrupted build leaves nothing half-written under a real name, and several processes can build
+the same cache at once (at worst computing an entry twice). Entries are read memory-mapped, so
+datasets larger than RAM train without loading everything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+import torch
+
+from .. import fsutil
+from ..audio.inventory import AudioVerdict, FileStat, Inventory, default_cache_dir, examine
+from ..audio.io import prepare_waveform
+from ..config import AudioConfig, Config, FeatureConfig
+from ..data.check import INVENTORY_FILE, CheckReport, file_problems, check_dataset
+from ..data.records import Clip, Dataset
+from ..errors import AudiotagError, ValidationFailed
+from ..parallel import parallel_map
+from .frontend import FrontEnd
+
+# Bumped whenever this package computes features differently for the same settings.
+FEATURE_CODE_VERSION = 1
+STALE_TMP_S = 3600
+
+
+def library_versions() -> dict[str, str]:
+    return {"torch": torch.__version__.split("+")[0], "numpy": np.__version__, "soxr": soxr.__version__,
+            "soundfile": soundfile.__version__, "libsndfile": soundfile.__libsndfile_version__}
+
+
+def feature_key(audio: AudioConfig, features: FeatureConfig) -> str:
+    payload = {"audio": dataclasses.asdict(audio), "features": dataclasses.asdict(features),
+               "code": FEATURE_CODE_VERSION, "versions": library_versions()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class FeatureStore:
+    """Cached features of one (audio, features) setting, addressed by audio content digest."""
+
+    def __init__(self, cache_dir: str | Path, audio: AudioConfig, features: FeatureConfig):
+        self.cache_dir = Path(cache_dir)
+        self.audio, self.features = audio, features
+        self.key = feature_key(audio, features)
+        self.dir = self.cache_dir / "features" / self.key
+        self.dtype = np.dtype(features.cache_dtype)
+
+    def ensure(self) -> None:
+        meta = self.dir / "meta.json"
+        if not meta.exists():
+            fsutil.write_text(meta, json.dumps({
+                "key": self.key, "audio": dataclasses.asdict(self.audio), "features": dataclasses.asdict(self.features),
+                "code_version": FEATURE_CODE_VERSION, "versions": library_versions()}, indent=2))
+        now = time.time()
+        for tmp in self.dir.glob(f"*/{fsutil.TMP_PREFIX}*"):
+            try:
+                if now - tmp.stat().st_mtime > STALE_TMP_S:  # left by a killed process
+                    tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+    def path(self, digest: str) -> Path:
+        return self.dir / digest[:2] / f"{digest}.npy"
+
+    def has(self, digest: str) -> bool:
+        """True when a complete entry exists (its size matches its header)."""
+        path = self.path(digest)
+        try:
+            with open(path, "rb") as f:
+                fmt = np.lib.format
+                version = fmt.read_magic(f)
+                read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+                expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
+            return path.stat().st_size == expected
+        except (OSError, ValueError):
+            return False
+
+    def load(self, digest: str, *, mmap: bool = True) -> np.ndarray:
+        """``[shape=(C, F, T)]`` features of one clip (memory-mapped, read-only)."""
+        path = self.path(digest)
+        try:
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise AudiotagError(f"cache entry {path} is missing or damaged ({e})",
+                                hint="run `audiotag features` again: missing entries are rebuilt") from None
+
+    def write(self, digest: str, features: np.ndarray) -> None:
+        fsutil.save_npy(self.path(digest), np.ascontiguousarray(features, dtype=self.dtype))
+
+
+@dataclass
+class FeatureSet:
+    """Features of a validated dataset: every clip of ``dataset`` has an entry in ``store``."""
+
+    dataset: Dataset
+    store: FeatureStore
+    digests: dict[tuple[str, str], str]
+    report: CheckReport
+
+    def load(self, clip: Clip, *, mmap: bool = True) -> np.ndarray:
+        return self.store.load(self.digests[clip.key], mmap=mmap)
+
+    def n_frames(self, clip: Clip) -> int:
+        return int(self.load(clip).shape[-1])
+
+
+# ----------------------------------------------------------------------------- workers
+
+_WORKER: dict = {}
+
+
+def _init_worker(config: dict, cache_dir: str) -> None:
+    audio, features = AudioConfig(**config["audio"]), FeatureConfig(**config["features"])
+    _WORKER["store"] = FeatureStore(cache_dir, audio, features)
+    _WORKER["frontend"] = FrontEnd(audio, features).eval()
+
+
+def compute_features(waveform: np.ndarray, frontend: FrontEnd) -> np.ndarray:
+    """``[shape=(n,)]`` waveform -> ``[shape=(C, F, T)]`` float32 features."""
+    with torch.inference_mode():
+        return frontend(torch.from_numpy(waveform)[None])[0].numpy()
+
+
+def _extract(task: tuple[str, str]) -> tuple[FileStat, AudioVerdict]:
+    """Worker: decode and check one file, and cache its features when it is usable."""
+    path, name = Path(task[0]), task[1]
+    store: FeatureStore = _WORKER["store"]
+    stat = FileStat.of(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return stat, AudioVerdict("", None, "unreadable", f"cannot be read ({e.strerror})", "check the file's permissions")
+    verdict, decoded = examine(data, name=name)
+    if decoded is not None and not store.has(verdict.digest):
+        audio = store.audio
+        y = prepare_waveform(*decoded, sample_rate=audio.sample_rate, quality=audio.resample_quality,
+                             trim_top_db=audio.trim_top_db if audio.trim_silence else None)
+        store.write(verdict.digest, compute_features(y, _WORKER["frontend"]))
+    return stat, verdict
+
+
+def build_features(ds: Dataset, config: Config, *, cache_dir: str | Path | None = None, splits: tuple[str, ...] | None = None,
+                   skip_bad: bool | None = None, progress: bool = True) -> FeatureSet:
+    """Validate ``ds`` and make sure every usable clip of ``splits`` (default: all) is cached.
+
+    Cheap checks (CSV rows, labels, paths, missing files) run first and stop before any decoding
+    unless ``skip_bad``. Files are then decoded once, in parallel: the decode both checks the
+    audio and feeds the front-end. Raises :class:`ValidationFailed` listing every problem when
+    bad clips remain and ``skip_bad`` is off.
+    """
+    skip_bad = config.data.skip_bad if skip_bad is None else skip_bad
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if splits is not None:
+        ds = dataclasses.replace(ds, clips=[c for c in ds.clips if c.split in splits],
+                                 audio_dirs={s: d for s, d in ds.audio_dirs.items() if s in splits})
+    structural = check_dataset(ds, audio=False)
+    missing, decodable = file_problems(ds)
+    structural.problems += missing
+    if not structural.ok(skip_bad=skip_bad):
+        raise ValidationFailed(structural)
+
+    store = FeatureStore(cache_dir, config.audio, config.features)
+    store.ensure()
+    todo = []
+    with Inventory(cache_dir / INVENTORY_FILE) as inventory:
+        for clip in decodable:
+            digest = inventory.digest_of(FileStat.of(clip.path))
+            verdict = inventory.verdict(digest) if digest else None
+            if verdict is None or (verdict.ok and not store.has(digest)):
+                todo.append((str(clip.path), clip.fname))
+        todo = list(dict.fromkeys(todo))
+        found = []
+        for stat, verdict in parallel_map(_extract, todo, num_workers=config.data.num_workers, desc="features",
+                                          progress=progress, initializer=_init_worker,
+                                          initargs=(config.to_dict(), str(cache_dir))):
+            if verdict.digest:
+                found.append((stat, verdict))
+            if len(found) >= 500:
+                inventory.record(found)
+                found = []
+        inventory.record(found)
+
+    report = check_dataset(ds, audio=True, cache_dir=cache_dir, sample_rate=config.audio.sample_rate, progress=False)
+    if not report.ok(skip_bad=skip_bad):
+        raise ValidationFailed(report)
+    kept = ds.without(report.errors)
+    missing = [c.fname for c in kept.clips if not store.has(report.digests[c.key])]
+    if missing:  # another process removed entries meanwhile; rare enough to just say so
+        raise AudiotagError(f"{len(missing)} cache entries vanished during the build (e.g. {missing[0]})",
+                            hint="run the command again")
+    return FeatureSet(dataset=kept, store=store, digests={c.key: report.digests[c.key] for c in kept.clips},
+                      report=report)

@@ -1,0 +1,77 @@
+"""Atomic file writes: a file either appears complete under its name or not at all.
+
+Every output audiotag produces (cache entries, checkpoints, predictions, submissions, reports) is
+written to a temporary file in the same folder and renamed into place, so a killed process or a
+full disk never leaves a half-written file that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AudiotagError
+
+TMP_PREFIX = ".tmp-"
+
+
+class OutputError(AudiotagError):
+    """An output cannot be written (read-only folder, full disk...)."""
+
+
+def _explain(path: Path, e: OSError) -> OutputError:
+    if e.errno == errno.ENOSPC:
+        hint = "the disk is full: free some space (or point the output/cache elsewhere) and run again"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "the folder is not writable: choose another output folder"
+    else:
+        hint = None
+    return OutputError(f"cannot write {path}: {e.strerror or e}", hint=hint)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed to ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise _explain(path, e) from None
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, path)
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        raise _explain(path, e) from None
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+    return Path(path)
