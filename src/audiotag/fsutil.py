@@ -8,8 +8,8 @@ full disk never leaves a half-written file that a later run would trust.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +19,7 @@ import numpy as np
 from .errors import AudiotagError
 
 TMP_PREFIX = ".tmp-"
+_counter = itertools.count()
 
 
 class OutputError(AudiotagError):
@@ -39,16 +40,15 @@ def _explain(path: Path, e: OSError) -> OutputError:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``."""
     path = Path(path)
+    # Unique per process and call; the name ends like the target so writers that pick a format
+    # from the suffix (matplotlib, numpy) still do.
+    tmp_path = path.parent / f"{TMP_PREFIX}{os.getpid()}-{next(_counter)}-{path.name}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
-        os.close(fd)
     except OSError as e:
         raise _explain(path, e) from None
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o644)
         os.replace(tmp_path, path)
     except OSError as e:
         tmp_path.unlink(missing_ok=True)

@@ -23,11 +23,11 @@ from .io import AudioInfo, decode
 
 # Bumped when decode() learns a new check, so earlier verdicts are re-examined.
 CHECK_VERSION = 1
-DIGEST_BYTES = 16
 
 
 def digest_bytes(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).hexdigest()
+    # SHA-256 runs in hardware (SHA-NI) on current x86 CPUs: about 2x blake2b here.
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,10 @@ class FileStat:
     inode: int
 
     @classmethod
-    def of(cls, path: Path) -> "FileStat":
-        st = path.stat()
-        return cls(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    def of(cls, path: Path, *, resolved: bool = False) -> "FileStat":
+        """``resolved``: ``path`` is already absolute with no links to follow (saves the syscalls)."""
+        st = os.stat(path)
+        return cls(str(path) if resolved else str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def default_cache_dir() -> Path:
 def scan_file(task: tuple[str, str]) -> tuple[FileStat, AudioVerdict]:
     """Worker: ``(path, display name)`` -> its identity and verdict. Never raises for bad audio."""
     path, name = Path(task[0]), task[1]
-    stat = FileStat.of(path)
+    stat = FileStat.of(path, resolved=True)
     try:
         data = path.read_bytes()
     except OSError as e:

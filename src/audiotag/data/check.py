@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,9 +105,9 @@ def file_problems(ds: Dataset) -> tuple[list[Problem], list[Clip]]:
         else:
             decodable.append(clip)
     for split, folder in ds.audio_dirs.items():
-        named = {c.path.resolve() for c in ds.clips if c.split == split and c.path is not None}
+        named = {os.path.normpath(c.path) for c in ds.clips if c.split == split and c.path is not None}
         for path in audio_files_under(folder):
-            if path.resolve() not in named:
+            if os.path.normpath(path) not in named:
                 rel = path.relative_to(folder).as_posix()
                 problems.append(Problem("stray-file", f"{folder.name}/{rel} has no row in the CSV", split=split,
                                         fname=rel, source=f"{folder.name}/",
@@ -113,33 +115,63 @@ def file_problems(ds: Dataset) -> tuple[list[Problem], list[Clip]]:
     return problems, decodable
 
 
+@dataclass
+class AudioScan:
+    """How files are examined during validation.
+
+    ``fn(task) -> (FileStat, AudioVerdict)`` runs in worker processes on ``(path, name)`` tasks
+    (or on lists of them, returning lists, when ``chunked``);
+    ``needs_work(verdict)`` says when a verdict cached from an earlier run is not enough (the
+    feature cache uses it to decode and extract features in the same pass as the checks).
+    """
+
+    fn: Callable = scan_file
+    chunked: bool = False  # fn takes a list of tasks and returns a list of results
+    initializer: Callable | None = None
+    initargs: tuple = ()
+    needs_work: Callable[[AudioVerdict], bool] = field(default=lambda verdict: False)
+    desc: str = "checking audio"
+
+
 def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = None, num_workers: int = 0,
-                  progress: bool = False, sample_rate: int | None = None) -> CheckReport:
-    """Every problem with ``ds``; with ``audio``, each file is decoded (once: verdicts are cached)."""
+                  progress: bool = False, sample_rate: int | None = None, scan: AudioScan | None = None,
+                  stop_early: bool = False) -> CheckReport:
+    """Every problem with ``ds``; with ``audio``, each file is decoded (once: verdicts are cached).
+
+    ``stop_early``: when the cheap checks (CSV, labels, paths, missing files) already found an
+    error, return without decoding anything.
+    """
     problems = list(ds.problems)
     counts = {split: len(ds.split(split)) for split in ds.splits}
     if not audio:
         return CheckReport(problems, counts, audio_checked=False)
     missing, decodable = file_problems(ds)
     problems += missing
+    if stop_early and any(p.severity == "error" for p in problems):
+        return CheckReport(problems, counts, audio_checked=False)
 
+    scan = scan or AudioScan()
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    verdicts: dict[Path, AudioVerdict] = {}
+    verdicts: dict[str, AudioVerdict] = {}
     with Inventory(cache_dir / INVENTORY_FILE) as inventory:
-        todo: list[tuple[str, str]] = []
-        for clip in decodable:
-            stat = FileStat.of(clip.path)
-            digest = inventory.digest_of(stat)
-            verdict = inventory.verdict(digest) if digest else None
-            if verdict is None:
-                todo.append((str(clip.path), clip.fname))
-            else:
-                verdicts[clip.path] = verdict
-        todo = list(dict.fromkeys(todo))
+        def pending() -> Iterator[tuple[str, str]]:
+            """Files whose cached verdict is missing or not enough; the rest go straight to ``verdicts``."""
+            queued: set[str] = set()
+            for clip in decodable:
+                stat = FileStat.of(clip.path, resolved=True)
+                digest = inventory.digest_of(stat)
+                verdict = inventory.verdict(digest) if digest else None
+                if verdict is not None and not scan.needs_work(verdict):
+                    verdicts[stat.path] = verdict
+                elif stat.path not in queued:
+                    queued.add(stat.path)
+                    yield stat.path, clip.fname
+
         found: list[tuple[FileStat, AudioVerdict]] = []
-        for stat, verdict in parallel_map(scan_file, todo, num_workers=num_workers, desc="checking audio",
-                                          progress=progress):
-            verdicts[Path(stat.path)] = verdict
+        for stat, verdict in parallel_map(scan.fn, pending(), total=len(decodable), num_workers=num_workers,
+                                          desc=scan.desc, progress=progress, initializer=scan.initializer,
+                                          initargs=scan.initargs, chunked=scan.chunked):
+            verdicts[stat.path] = verdict
             if verdict.digest:
                 found.append((stat, verdict))
             if len(found) >= 500:
@@ -150,9 +182,7 @@ def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = N
     report = CheckReport(problems, counts, audio_checked=True)
     by_digest: dict[str, list[Clip]] = defaultdict(list)
     for clip in decodable:
-        verdict = verdicts.get(clip.path) or verdicts.get(clip.path.resolve())
-        if verdict is None:  # pragma: no cover - every decodable clip was scanned above
-            raise RuntimeError(f"no verdict for {clip.path}")
+        verdict = verdicts[str(clip.path)]
         if not verdict.ok:
             error = verdict.error(clip.fname)
             report.problems.append(Problem(verdict.code, error.message, hint=verdict.hint, **_where(clip)))
@@ -164,7 +194,7 @@ def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = N
             report.problems.append(Problem(
                 "low-sample-rate", f"{clip.fname} is {verdict.info.sample_rate} Hz, below audio.sample_rate = "
                 f"{sample_rate}: it is upsampled and its top band stays empty", severity="warning", **_where(clip)))
-    for digest, clips in by_digest.items():
+    for clips in by_digest.values():
         splits = {c.split for c in clips}
         if len(clips) > 1 and "test" in splits and len(splits) > 1:
             names = ", ".join(f"{c.split}/{c.fname}" for c in clips[:4])

@@ -287,18 +287,20 @@ def load_dataset(root: str | Path | None = None, *, csv: str | Path | None = Non
     folders). ``csv`` (+ ``audio_dir``, default: the CSV's folder or ``root``): a generic CSV.
     ``audio=False`` reads only the CSVs (no audio folders needed).
     """
+    # Folders are made absolute once here, so every clip path is absolute without per-file resolving.
     if csv is not None:
-        csv = Path(csv)
+        csv = Path(csv).absolute()
         if not csv.is_file():
             raise DataError(f"CSV file {csv} does not exist")
         folder = Path(audio_dir) if audio_dir is not None else (Path(root) if root is not None else csv.parent)
+        folder = folder.resolve()
         return load_csv(csv, folder, file_col=file_col, label_col=label_col, fold_col=fold_col, label_sep=label_sep,
                         vocabulary=Path(vocabulary) if vocabulary else None, audio=audio)
     if root is None:
         raise DataError("no dataset given", hint="pass a dataset folder, or --csv FILE --audio-dir DIR")
-    root = Path(root)
-    if not root.exists():
+    if not Path(root).exists():
         raise DataError(f"dataset folder {root} does not exist")
+    root = Path(root).resolve()
     if not root.is_dir():
         raise DataError(f"{root} is a file, not a dataset folder",
                         hint="for a CSV of labels use --csv FILE --audio-dir DIR")
@@ -307,7 +309,7 @@ def load_dataset(root: str | Path | None = None, *, csv: str | Path | None = Non
     table = _single_label_csv(root)
     if table is not None:
         default_audio = root / "audio" if (root / "audio").is_dir() else table.parent
-        folder = Path(audio_dir) if audio_dir is not None else default_audio
+        folder = Path(audio_dir).resolve() if audio_dir is not None else default_audio
         return load_csv(table, folder, file_col=file_col, label_col=label_col, fold_col=fold_col, label_sep=label_sep,
                         vocabulary=Path(vocabulary) if vocabulary else None, audio=audio)
     if any(p.is_dir() for p in root.iterdir()):

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+from ..progress import progress_bar  # noqa: E402
 
 from .. import fsutil  # noqa: E402
 from ..audio.io import load_audio  # noqa: E402
@@ -270,7 +270,7 @@ def inspect_dataset(ds: Dataset, out_dir: str | Path, *, audio: bool = True, con
     if audio:
         unreadable = 0
         clips = [c for c in ds.clips if c.path is not None]
-        for clip in tqdm(clips, desc="reading headers", disable=not progress, unit="file"):
+        for clip in progress_bar(clips, desc="reading headers", enabled=progress, unit="file"):
             try:
                 info = sf.info(str(clip.path))
             except (sf.LibsndfileError, RuntimeError, OSError):

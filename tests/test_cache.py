@@ -1,0 +1,124 @@
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from audiotag.audio.io import load_audio
+from audiotag.config import Config, load_config
+from audiotag.data.layouts import load_dataset
+from audiotag.errors import ValidationFailed
+from audiotag.features import cache as cache_module
+from audiotag.features.cache import FeatureStore, build_features
+from audiotag.features.frontend import FrontEnd
+
+
+def entries(store: FeatureStore) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in store.dir.glob("*/*.npy")}
+
+
+def test_features_equal_the_frontend_and_are_reused(demo_data, cache_dir):
+    ds = load_dataset(demo_data)
+    cfg = Config()
+    built = build_features(ds, cfg, cache_dir=cache_dir, progress=False)
+    assert set(built.digests) == {c.key for c in ds.clips}
+    frontend = FrontEnd(cfg.audio, cfg.features)
+    for clip in ds.clips[::15]:
+        x = built.load(clip)
+        y, _ = load_audio(clip.path, sample_rate=cfg.audio.sample_rate)
+        expected = frontend(torch.from_numpy(y)[None])[0].numpy()
+        assert x.dtype == np.float16 and x.shape == expected.shape == (1, 64, 1 + len(y) // 320)
+        np.testing.assert_allclose(x.astype(np.float32), expected, atol=0.05)  # float16 storage
+    before = entries(built.store)
+    assert len(before) == len(ds.clips)
+    again = build_features(ds, cfg, cache_dir=cache_dir, progress=False)
+    assert entries(again.store) == before  # nothing recomputed or rewritten
+
+
+def test_changed_settings_or_library_versions_use_new_entries(demo_data, cache_dir, monkeypatch):
+    ds = load_dataset(demo_data)
+    base = build_features(ds, Config(), cache_dir=cache_dir, progress=False)
+    more_mels = build_features(ds, load_config(None, ["features.n_mels=32"]), cache_dir=cache_dir, progress=False)
+    assert more_mels.store.dir != base.store.dir
+    assert more_mels.load(ds.clips[0]).shape[1] == 32 and base.load(ds.clips[0]).shape[1] == 64
+    versions = cache_module.library_versions()
+    monkeypatch.setattr(cache_module, "library_versions", lambda: {**versions, "torch": "99.0"})
+    assert FeatureStore(cache_dir, Config().audio, Config().features).key != base.store.key
+
+
+def test_changed_audio_content_gets_a_new_entry(demo_copy, cache_dir):
+    ds = load_dataset(demo_copy)
+    first = build_features(ds, Config(), cache_dir=cache_dir, progress=False)
+    clip = ds.split("curated")[0]
+    other = ds.split("curated")[1]
+    clip.path.write_bytes(other.path.read_bytes())  # same name, different sound
+    second = build_features(load_dataset(demo_copy), Config(), cache_dir=cache_dir, progress=False)
+    assert second.digests[clip.key] != first.digests[clip.key]
+    assert second.digests[clip.key] == second.digests[other.key]  # identical content shares one entry
+    np.testing.assert_array_equal(second.load(clip), first.load(other))
+
+
+def test_interrupted_and_damaged_entries_are_never_trusted(demo_data, cache_dir):
+    ds = load_dataset(demo_data)
+    built = build_features(ds, Config(), cache_dir=cache_dir, progress=False)
+    clip = ds.clips[0]
+    path = built.store.path(built.digests[clip.key])
+    good = np.array(built.load(clip))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # as if cut off mid-write
+    assert not built.store.has(built.digests[clip.key])
+    stale = path.parent / ".tmp-999-0-x.npy"  # left by a killed writer long ago
+    stale.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    rebuilt = build_features(ds, Config(), cache_dir=cache_dir, progress=False)
+    np.testing.assert_array_equal(rebuilt.load(clip), good)
+    assert not stale.exists()
+
+
+def test_float32_cache_is_exact(demo_data, cache_dir):
+    ds = load_dataset(demo_data)
+    cfg = load_config(None, ["features.cache_dtype=float32", "features.deltas=true"])
+    built = build_features(ds, cfg, cache_dir=cache_dir, splits=("test",), progress=False)
+    assert {c.split for c in built.dataset.clips} == {"test"}
+    clip = built.dataset.clips[0]
+    y, _ = load_audio(clip.path, sample_rate=16000)
+    expected = FrontEnd(cfg.audio, cfg.features)(torch.from_numpy(y)[None])[0].numpy()
+    np.testing.assert_array_equal(built.load(clip), expected)
+    assert expected.shape[0] == 3
+
+
+def test_worker_pool_and_in_process_give_identical_features(demo_data, tmp_path):
+    ds = load_dataset(demo_data)
+    assert len(ds.clips) >= 100  # enough for the pool to start
+    pooled = build_features(ds, load_config(None, ["data.num_workers=2"]), cache_dir=tmp_path / "a", progress=False)
+    serial = build_features(ds, load_config(None, ["data.num_workers=1"]), cache_dir=tmp_path / "b", progress=False)
+    for clip in ds.clips:
+        np.testing.assert_array_equal(pooled.load(clip), serial.load(clip))
+
+
+def test_bad_clips_stop_the_build_unless_skipped(demo_copy, cache_dir):
+    ds = load_dataset(demo_copy)
+    bad = ds.split("noisy")[0]
+    bad.path.write_bytes(b"not audio at all")
+    with pytest.raises(ValidationFailed) as info:
+        build_features(load_dataset(demo_copy), Config(), cache_dir=cache_dir, progress=False)
+    assert bad.fname in str(info.value) and "--skip-bad" in str(info.value)
+    built = build_features(load_dataset(demo_copy), Config(), cache_dir=cache_dir, skip_bad=True, progress=False)
+    assert bad.key not in built.digests and [p.fname for p in built.dataset.skipped] == [bad.fname]
+
+
+def test_two_processes_building_one_cache_at_once(demo_data, cache_dir):
+    cmd = [sys.executable, "-m", "audiotag", "features", str(demo_data), "--cache-dir", str(cache_dir), "-q"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    ds = load_dataset(demo_data)
+    built = build_features(ds, Config(), cache_dir=cache_dir, progress=False)
+    assert not list(built.store.dir.glob("*/.tmp-*"))
+    frontend = FrontEnd(Config().audio, Config().features)
+    for clip in ds.clips[::10]:
+        y, _ = load_audio(clip.path, sample_rate=16000)
+        expected = frontend(torch.from_numpy(y)[None])[0].numpy().astype(np.float16)
+        np.testing.assert_array_equal(built.load(clip), expected)

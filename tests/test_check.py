@@ -1,0 +1,110 @@
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audiotag.data.check import check_dataset, validate
+from audiotag.data.layouts import load_dataset
+from audiotag.errors import ValidationFailed
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+def write_rows(path, header, rows):
+    with open(path, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([header, *rows])
+
+
+def plant_faults(root):
+    """The issue's list of faults, planted in train_curated; returns (code, fname) for each."""
+    header, rows = read_rows(root / "train_curated.csv")
+    audio = root / "train_curated"
+    names = [r[0] for r in rows]
+    data = (audio / names[0]).read_bytes()
+    (audio / names[0]).write_bytes(data[: len(data) // 3])  # truncated wav
+    (audio / names[1]).write_bytes(b"")  # zero-byte wav
+    (audio / names[2]).write_text("this is a text file, not audio\n")  # text named .wav
+    sf.write(audio / names[3], np.zeros(8000), 16000, subtype="PCM_16")  # all-zero clip
+    rows[4][1] = "definitely_not_a_label"  # unknown label
+    rows.append([names[5], rows[5][1]])  # duplicate fname row
+    rows.append(["0000dead.wav", rows[6][1]])  # row without a file
+    sf.write(audio / "stray000.wav", np.full(8000, 0.1), 16000, subtype="PCM_16")  # file without a row
+    rows.append(["../x.wav", rows[6][1]])  # escapes the audio folder
+    write_rows(root / "train_curated.csv", header, rows)
+    return {("truncated", names[0]), ("empty", names[1]), ("unreadable", names[2]), ("silent", names[3]),
+            ("unknown-label", names[4]), ("duplicate-fname", names[5]), ("missing-file", "0000dead.wav"),
+            ("stray-file", "stray000.wav"), ("unsafe-path", "../x.wav")}
+
+
+def test_every_planted_fault_of_the_tiny_benchmark_is_named(tiny_bench, tmp_path):
+    root = tmp_path / "faulty"
+    shutil.copytree(tiny_bench, root)
+    planted = plant_faults(root)
+    report = check_dataset(load_dataset(root), cache_dir=tmp_path / "cache")
+    found = {(p.code, p.fname) for p in report.errors}
+    assert found == planted  # each one, and nothing else
+    text = report.format()
+    for code, fname in planted:
+        assert fname in text
+    assert not report.ok() and report.ok(skip_bad=True)
+    with pytest.raises(ValidationFailed):
+        validate(load_dataset(root), cache_dir=tmp_path / "cache")
+    kept, _ = validate(load_dataset(root), skip_bad=True, cache_dir=tmp_path / "cache")
+    bad = {f for _, f in planted}
+    assert not [c for c in kept.clips if c.fname in bad]
+    assert len(kept.split("curated")) == 150 - 6  # 4 bad files, 1 bad label, and both rows of the duplicated name
+    assert {p.fname for p in kept.skipped} == bad
+
+
+def test_clean_demo_passes_and_verdicts_are_cached(demo_data, cache_dir):
+    ds = load_dataset(demo_data)
+    report = check_dataset(ds, cache_dir=cache_dir)
+    assert report.ok() and not report.errors and report.audio_checked
+    assert len(report.audio) == len(ds.clips) and len(set(report.digests.values())) == len(ds.clips)
+    again = check_dataset(ds, cache_dir=cache_dir)
+    assert again.digests == report.digests and again.audio == report.audio
+
+
+def test_a_changed_file_is_checked_again(demo_copy, cache_dir):
+    ds = load_dataset(demo_copy)
+    clip = ds.split("curated")[0]
+    assert check_dataset(ds, cache_dir=cache_dir).ok()
+    clip.path.write_bytes(clip.path.read_bytes()[:100])  # same name, new (broken) content
+    report = check_dataset(load_dataset(demo_copy), cache_dir=cache_dir)
+    assert [(p.code, p.fname) for p in report.errors] == [("truncated", clip.fname)]
+
+
+def test_stop_early_skips_decoding_when_cheap_checks_fail(demo_copy, cache_dir):
+    header, rows = read_rows(demo_copy / "train_curated.csv")
+    rows[0][1] = "nope"
+    write_rows(demo_copy / "train_curated.csv", header, rows)
+    report = check_dataset(load_dataset(demo_copy), cache_dir=cache_dir, stop_early=True)
+    assert not report.audio_checked and [p.code for p in report.errors] == ["unknown-label"]
+
+
+def test_training_test_duplicates_and_low_rates_are_warned(demo_copy, cache_dir):
+    ds = load_dataset(demo_copy)
+    test_clip, train_clip = ds.split("test")[0], ds.split("curated")[0]
+    shutil.copy(train_clip.path, test_clip.path)
+    y = np.random.default_rng(0).uniform(-0.3, 0.3, 8000)
+    sf.write(ds.split("noisy")[0].path, y, 8000, subtype="PCM_16")
+    report = check_dataset(load_dataset(demo_copy), cache_dir=cache_dir, sample_rate=16000)
+    assert report.ok()  # warnings only
+    codes = {p.code for p in report.warnings}
+    assert {"train-test-duplicate", "low-sample-rate"} <= codes
+
+
+def test_report_csv_lists_every_problem(tiny_bench, tmp_path):
+    root = tmp_path / "faulty"
+    shutil.copytree(tiny_bench, root)
+    planted = plant_faults(root)
+    report = check_dataset(load_dataset(root), cache_dir=tmp_path / "cache")
+    rows = list(csv.DictReader(report.to_csv().splitlines()))
+    assert {(r["code"], r["fname"]) for r in rows if r["severity"] == "error"} == planted
+    assert all(r["message"] for r in rows)
