@@ -138,6 +138,81 @@ def cmd_features(args) -> int:
     return 0
 
 
+def _data_spec(args):
+    from .pipeline.runs import DataSpec
+
+    if args.data is None and args.csv is None:
+        raise AudiotagError("no dataset given", hint="pass --data DIR, or --csv FILE --audio-dir DIR")
+    return DataSpec(root=args.data, csv=args.csv, audio_dir=args.audio_dir, file_col=args.file_col,
+                    label_col=args.label_col, fold_col=args.fold_col, label_sep=args.label_sep,
+                    vocabulary=args.vocabulary)
+
+
+def cmd_train(args) -> int:
+    from .pipeline.train import resume, train
+
+    if args.resume:
+        resume(args.resume, progress=not args.quiet)
+        return 0
+    train(_data_spec(args), _config(args), out=args.out, cache_dir=args.cache_dir, progress=not args.quiet)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .pipeline.submit import predict_run
+
+    result = predict_run(args.run, _data_spec(args), out=args.out, cache_dir=args.cache_dir, tta_views=args.tta,
+                         skip_bad=args.skip_bad, progress=not args.quiet)
+    print(f"wrote {result['out']}: {result['clips']} clips, {result['models']} fold models, "
+          f"{result['tta_views']} TTA views, {result['seconds_per_clip'] * 1000:.1f} ms per clip")
+    if result["filled_with_prior"]:
+        print(f"{len(result['filled_with_prior'])} unusable clips got the training label frequencies instead: "
+              + ", ".join(result["filled_with_prior"][:10]))
+    if "lwlrap" in result:
+        print(f"lwlrap against the dataset's test labels: {result['lwlrap']:.4f}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .pipeline.submit import score_submission
+
+    result = score_submission(args.submission, args.truth, vocabulary=args.vocabulary)
+    if args.per_class:
+        print(f"{'label':40s} {'lwlrap':>8s} {'positives':>9s} {'weight':>7s}")
+        for row in sorted(result["per_class"], key=lambda r: (r["lwlrap"] is None, -(r["lwlrap"] or 0))):
+            value = "-" if row["lwlrap"] is None else f"{row['lwlrap']:.4f}"
+            print(f"{row['label']:40s} {value:>8s} {row['positives']:9d} {row['weight']:7.4f}")
+    print(f"{result['clips']} clips; lwlrap: {result['lwlrap']:.6f}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .pipeline.runs import list_runs
+
+    rows = list_runs(args.root)
+    if not rows:
+        print(f"no runs under {args.root}/")
+        return 0
+    fmt = "{run:45s} {status:8s} {model:12s} {folds:>5} {oof:>8} {test:>8} {minutes:>8}"
+    print(fmt.format(run="run", status="status", model="model", folds="folds", oof="OOF", test="test", minutes="minutes"))
+    for r in rows:
+        print(fmt.format(run=r["run"][-45:], status=r["status"], model=r["model"], folds=str(r["folds"]),
+                         oof="-" if r["oof_lwlrap"] is None else f"{r['oof_lwlrap']:.4f}",
+                         test="-" if r["test_lwlrap"] is None else f"{r['test_lwlrap']:.4f}",
+                         minutes="-" if r["minutes"] is None else str(r["minutes"])))
+    return 0
+
+
+def cmd_tag(args) -> int:
+    from .pipeline.submit import tag_files
+
+    for item in tag_files(args.run, args.files, top=args.top):
+        print(item["file"])
+        for label, p in item["tags"]:
+            print(f"  {p:6.3f}  {label}")
+    return 0
+
+
 def cmd_config(args) -> int:
     print(_config(args).to_yaml(), end="")
     return 0
@@ -231,6 +306,69 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--splits", metavar="LIST", help="only these splits, e.g. curated,test (default: all)")
     p.set_defaults(func=cmd_features)
+
+    p = _sub(subs, "train", "train CNNs with K-fold CV and predict the test set",
+             "Validate the data, cache features, split multilabel-stratified folds (or use the dataset's own), "
+             "train one model per fold with mixup and SpecAugment, and write a run folder: resolved config, "
+             "folds, logs, checkpoints, out-of-fold and test predictions, scores.json and training curves. "
+             "An interrupted run continues with --resume.",
+             """
+             audiotag train --data data/fat2019 --out runs/baseline
+             audiotag train --data data/fat2019 --config my.yaml --set model.width=48 --set train.epochs=60
+             audiotag train --resume runs/baseline
+             """)
+    p.add_argument("--data", metavar="DIR", help="dataset folder")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (uses its saved config and data)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<date-time>-<model>)")
+    g = p.add_argument_group("generic CSV datasets")
+    g.add_argument("--csv", metavar="FILE")
+    g.add_argument("--audio-dir", metavar="DIR")
+    g.add_argument("--file-col", metavar="NAME")
+    g.add_argument("--label-col", metavar="NAME")
+    g.add_argument("--fold-col", metavar="NAME")
+    g.add_argument("--label-sep", default=",", metavar="SEP")
+    g.add_argument("--vocabulary", metavar="FILE")
+    _add_config_args(p)
+    _add_run_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = _sub(subs, "predict", "write a Kaggle submission for a test set with a trained run",
+             "Predict every test clip of DIR (test/ + sample_submission.csv is enough) with the run's fold models, "
+             "sliding windows and TTA, and write fname + one column per label in vocabulary order.",
+             "audiotag predict runs/baseline --data data/fat2019 --out submission.csv --tta 4")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--data", required=True, metavar="DIR", help="dataset folder holding the test clips")
+    p.add_argument("--out", required=True, metavar="FILE", help="submission CSV to write")
+    p.add_argument("--tta", type=int, metavar="N", help="TTA views (default: the run's predict.tta_views)")
+    for flag in ("--csv", "--audio-dir", "--file-col", "--label-col", "--fold-col", "--vocabulary"):
+        p.add_argument(flag, help=argparse.SUPPRESS)
+    p.add_argument("--label-sep", default=",", help=argparse.SUPPRESS)
+    _add_run_args(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = _sub(subs, "score", "lwlrap of a submission against ground truth",
+             "Validate a submission as Kaggle did (header, one row per test clip, finite numbers) and print its "
+             "lwlrap; --per-class adds each label's lwlrap, positives and weight.",
+             "audiotag score submission.csv --truth data/fat2019/test_labels.csv --per-class")
+    p.add_argument("submission", metavar="SUBMISSION")
+    p.add_argument("--truth", required=True, metavar="LABELS_CSV", help="fname,labels ground truth")
+    p.add_argument("--vocabulary", metavar="FILE", help="label order (default: vocabulary.csv next to the truth)")
+    p.add_argument("--per-class", action="store_true")
+    p.set_defaults(func=cmd_score)
+
+    p = _sub(subs, "runs", "list training runs with their CV and test scores",
+             "One line per run folder: status, model, folds, pooled out-of-fold lwlrap, test lwlrap, minutes.",
+             "audiotag runs\naudiotag runs experiments/")
+    p.add_argument("root", nargs="?", default="runs", metavar="DIR", help="folder holding run folders (default: runs)")
+    p.set_defaults(func=cmd_runs)
+
+    p = _sub(subs, "tag", "print the top tags of audio files",
+             "Decode each file, compute its features and print the labels the run's fold models rate highest.",
+             "audiotag tag --run runs/baseline dog_bark.wav street.flac --top 3")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--top", type=int, default=5, metavar="N")
+    p.set_defaults(func=cmd_tag)
 
     p = _sub(subs, "config", "print the resolved configuration",
              "Print the configuration that a command would use: the defaults, then --config, then each --set. "

@@ -72,11 +72,82 @@ class DataConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The network: a registry name and the knobs every architecture shares."""
+
+    name: Literal["vgg", "resnet"] = "vgg"
+    width: int = field(default=32, metadata=_range(4, 1024))  # channels of the first block, doubled per block
+    depth: int = field(default=4, metadata=_range(1, 8))  # blocks, each halving time and frequency
+    convs_per_block: int = field(default=2, metadata=_range(1, 4))
+    max_width: int = field(default=512, metadata=_range(4, 4096))
+    dropout: float = field(default=0.2, metadata=_range(0.0, 0.95))
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop and cross-validation."""
+
+    folds: int = field(default=5, metadata=_range(2, 50))
+    # Train only these fold indices (0-based; null = all): for fold-parallel jobs.
+    only_folds: list[int] | None = None
+    use_dataset_folds: bool = True  # ESC-50 / UrbanSound8K folds when the dataset has them
+    epochs: int = field(default=30, metadata=_range(1, 10000))
+    batch_size: int = field(default=32, metadata=_range(1, 4096))
+    crop_seconds: float = field(default=4.0, metadata=_range(0.1, 600.0))
+    pad_mode: Literal["wrap", "constant"] = "wrap"
+    balanced_sampling: bool = False
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr: float = field(default=3e-3, metadata=_range(0.0, 10.0, lo_open=True))
+    weight_decay: float = field(default=1e-2, metadata=_range(0.0, 1.0))
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    warmup_fraction: float = field(default=0.2, metadata=_range(0.0, 0.9))
+    grad_clip: float | None = field(default=5.0, metadata=_range(0.0, lo_open=True))
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    early_stopping_patience: int = field(default=0, metadata=_range(0))  # epochs without improvement; 0 = off
+    checkpoint: Literal["best", "last"] = "best"  # which weights predict
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = field(default=0, metadata=_range(0, 512))  # torch threads; 0 = one per core
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation; each part is off when its strength is 0."""
+
+    mixup_alpha: float = field(default=0.4, metadata=_range(0.0))
+    mixup_prob: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    mixup_targets: Literal["weighted", "or"] = "weighted"
+    time_masks: int = field(default=2, metadata=_range(0, 20))
+    time_mask_frames: int = field(default=20, metadata=_range(0))
+    freq_masks: int = field(default=2, metadata=_range(0, 20))
+    freq_mask_bins: int = field(default=8, metadata=_range(0))
+    gain_db: float = field(default=6.0, metadata=_range(0.0, 60.0))  # random gain in +-dB
+    time_shift: bool = True  # circular shift of each crop
+
+
+@dataclass
+class PredictConfig:
+    """Clip-level inference: sliding windows, test-time augmentation, fold averaging."""
+
+    window_seconds: float | None = field(default=None, metadata=_range(0.1, 600.0))  # null = train.crop_seconds
+    overlap: float = field(default=0.5, metadata=_range(0.0, 0.95))
+    aggregate: Literal["mean", "max"] = "mean"
+    tta_views: int = field(default=0, metadata=_range(0, 64))
+    tta_beta: float = field(default=0.4, metadata=_range(0.0, 1.0))  # weight of the clean view
+    fold_mean: Literal["arithmetic", "geometric"] = "arithmetic"
+    batch_size: int = field(default=64, metadata=_range(1, 65536))
+
+
+@dataclass
 class Config:
     seed: int = field(default=0, metadata=_range(0))
     audio: AudioConfig = field(default_factory=AudioConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
 
     def validate(self) -> "Config":
         _check_cross_fields(self)
@@ -109,6 +180,11 @@ def _check_cross_fields(cfg: Config) -> None:
         )
     if f.delta_width % 2 == 0:
         raise ConfigError(f"features.delta_width = {f.delta_width} must be odd")
+    t = cfg.train
+    if t.only_folds is not None:
+        bad = [k for k in t.only_folds if not 0 <= k < t.folds]
+        if bad or not t.only_folds:
+            raise ConfigError(f"train.only_folds = {t.only_folds} must list fold indices from 0 to {t.folds - 1}")
 
 
 # --------------------------------------------------------------------------- building

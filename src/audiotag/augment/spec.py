@@ -1,0 +1,131 @@
+"""Training-time augmentation of feature batches ``x: (B, C, F, T)`` with targets ``y: (B, K)``.
+
+Each transform owns a seeded ``torch.Generator``; ``sample`` draws the random parameters and
+``apply`` uses them without touching its inputs (audiomentations' randomize/apply split), so a test
+can fix the parameters and a checkpoint can save the generator to resume exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import AugmentConfig
+
+
+class _Transform:
+    def __init__(self, *, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, x: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def apply(self, x: torch.Tensor, y: torch.Tensor, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.apply(x, y, self.sample(x))
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+    def _uniform(self, *shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=self.generator)
+
+
+class TimeShift(_Transform):
+    """Rolls each crop along time by a random number of frames (the crop wraps around)."""
+
+    def sample(self, x):
+        return {"shift": (self._uniform(x.shape[0]) * x.shape[-1]).long()}
+
+    def apply(self, x, y, params):
+        t = x.shape[-1]
+        idx = (torch.arange(t)[None, :] - params["shift"][:, None]) % t  # (B, T)
+        return x.gather(-1, idx[:, None, None, :].expand_as(x)), y
+
+
+class Gain(_Transform):
+    """Adds a random level offset of up to +-``max_db`` to each crop (a gain, in the dB domain)."""
+
+    def __init__(self, *, max_db: float, seed: int):
+        super().__init__(seed=seed)
+        self.max_db = max_db
+
+    def sample(self, x):
+        return {"db": (self._uniform(x.shape[0]) * 2 - 1) * self.max_db}
+
+    def apply(self, x, y, params):
+        return x + params["db"].to(x.dtype)[:, None, None, None], y
+
+
+class SpecAugment(_Transform):
+    """Masks ``time_masks`` random spans of up to ``time_mask_frames`` frames and ``freq_masks``
+    spans of up to ``freq_mask_bins`` bands with each crop's mean (Park et al., 2019)."""
+
+    def __init__(self, *, time_masks: int, time_mask_frames: int, freq_masks: int, freq_mask_bins: int, seed: int):
+        super().__init__(seed=seed)
+        self.time_masks, self.time_mask_frames = time_masks, time_mask_frames
+        self.freq_masks, self.freq_mask_bins = freq_masks, freq_mask_bins
+
+    def _spans(self, b: int, n: int, size: int, count: int) -> torch.Tensor:
+        """``(B, n)`` bool: the union of ``count`` random spans of width 0..size per row."""
+        width = (self._uniform(b, count) * (min(size, n) + 1)).long()
+        start = (self._uniform(b, count) * (n - width + 1)).long()
+        pos = torch.arange(n)[None, None, :]
+        return ((pos >= start[..., None]) & (pos < (start + width)[..., None])).any(dim=1)
+
+    def sample(self, x):
+        b, _, f, t = x.shape
+        return {"time": self._spans(b, t, self.time_mask_frames, self.time_masks),
+                "freq": self._spans(b, f, self.freq_mask_bins, self.freq_masks)}
+
+    def apply(self, x, y, params):
+        mask = params["time"][:, None, None, :] | params["freq"][:, None, :, None]  # (B, 1, F, T)
+        fill = x.mean(dim=(1, 2, 3), keepdim=True)
+        return torch.where(mask, fill, x), y
+
+
+class Mixup(_Transform):
+    """With probability ``prob``, mixes the batch with a shuffled copy of itself:
+    ``x = lam * x + (1 - lam) * x[perm]``, ``lam ~ Beta(alpha, alpha)`` per clip. Targets are mixed
+    with the same weights (``weighted``) or united (``or``: a clip holds both sounds)."""
+
+    def __init__(self, *, alpha: float, prob: float, targets: str, seed: int):
+        super().__init__(seed=seed)
+        self.alpha, self.prob, self.targets = alpha, prob, targets
+
+    def sample(self, x):
+        b = x.shape[0]
+        # Beta(a, a) from two Gammas, drawn with this transform's own generator.
+        g1 = torch._standard_gamma(torch.full((b,), self.alpha), generator=self.generator)
+        g2 = torch._standard_gamma(torch.full((b,), self.alpha), generator=self.generator)
+        lam = g1 / (g1 + g2)
+        use = self._uniform(b) < self.prob
+        return {"lam": torch.where(use, lam, torch.ones(b)), "perm": torch.randperm(b, generator=self.generator)}
+
+    def apply(self, x, y, params):
+        lam, perm = params["lam"], params["perm"]
+        mixed_x = lam.to(x.dtype)[:, None, None, None] * x + (1 - lam.to(x.dtype))[:, None, None, None] * x[perm]
+        if self.targets == "or":
+            mixed_y = torch.where((lam < 1)[:, None], torch.maximum(y, y[perm]), y)
+        else:
+            mixed_y = lam[:, None] * y + (1 - lam[:, None]) * y[perm]
+        return mixed_x, mixed_y
+
+
+def build_transforms(cfg: AugmentConfig, *, seed: int) -> list[_Transform]:
+    """The enabled transforms in application order: shift, gain, masks, mixup."""
+    out: list[_Transform] = []
+    if cfg.time_shift:
+        out.append(TimeShift(seed=seed * 10 + 1))
+    if cfg.gain_db > 0:
+        out.append(Gain(max_db=cfg.gain_db, seed=seed * 10 + 2))
+    if (cfg.time_masks and cfg.time_mask_frames) or (cfg.freq_masks and cfg.freq_mask_bins):
+        out.append(SpecAugment(time_masks=cfg.time_masks, time_mask_frames=cfg.time_mask_frames,
+                               freq_masks=cfg.freq_masks, freq_mask_bins=cfg.freq_mask_bins, seed=seed * 10 + 3))
+    if cfg.mixup_alpha > 0 and cfg.mixup_prob > 0:
+        out.append(Mixup(alpha=cfg.mixup_alpha, prob=cfg.mixup_prob, targets=cfg.mixup_targets, seed=seed * 10 + 4))
+    return out

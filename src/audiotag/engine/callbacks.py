@@ -1,0 +1,81 @@
+"""Side concerns of training, as callbacks that keep their own state."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import fsutil
+from .checkpoint import save_checkpoint
+from .trainer import Callback, Trainer
+
+
+class Checkpointer(Callback):
+    """After every epoch: the full trainer state to ``last.pt``; on a new best ``monitor``, the
+    model to ``best.pt`` and ``on_best()`` (e.g. to keep that epoch's validation predictions).
+    ``meta`` (config, vocabulary, fold...) goes into both so each file describes itself."""
+
+    def __init__(self, folder: Path, *, meta: dict, monitor: str = "val_lwlrap",
+                 on_best: Callable[[int], None] | None = None):
+        self.folder, self.meta, self.monitor, self.on_best = Path(folder), meta, monitor, on_best
+        self.best_score, self.best_epoch = -math.inf, 0
+
+    def on_epoch_end(self, trainer: Trainer, result: dict) -> None:
+        score = result.get(self.monitor)
+        if score is not None and score > self.best_score:
+            self.best_score, self.best_epoch = score, result["epoch"]
+            if self.on_best is not None:
+                self.on_best(result["epoch"])
+            save_checkpoint(self.folder / "best.pt", {**self.meta, "model": trainer.model.state_dict(),
+                                                      "epoch": result["epoch"], "score": score})
+        save_checkpoint(self.folder / "last.pt", {**self.meta, "trainer": trainer.state_dict()})
+
+    def state_dict(self) -> dict:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+
+
+class EarlyStopping(Callback):
+    def __init__(self, *, patience: int, monitor: str = "val_lwlrap"):
+        self.patience, self.monitor = patience, monitor
+        self.best, self.bad_epochs = -math.inf, 0
+
+    def on_epoch_end(self, trainer: Trainer, result: dict) -> None:
+        score = result.get(self.monitor)
+        if score is None:
+            return
+        if score > self.best:
+            self.best, self.bad_epochs = score, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.patience:
+                trainer.should_stop = True
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+
+
+class History(Callback):
+    """The per-epoch table as ``history.csv`` (rewritten atomically each epoch) and a log line."""
+
+    def __init__(self, path: Path, *, log: Callable[[str], None], prefix: str = "", total_epochs: int = 0):
+        self.path, self.log, self.prefix, self.total_epochs = Path(path), log, prefix, total_epochs
+
+    def on_epoch_end(self, trainer: Trainer, result: dict) -> None:
+        keys = list(trainer.history[0])
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(trainer.history)
+        fsutil.write_text(self.path, out.getvalue())
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k.startswith("val_"))
+        self.log(f"{self.prefix}epoch {result['epoch']}/{self.total_epochs}  loss {result['train_loss']:.4f}  "
+                 f"{metrics}  lr {result['lr']:.2e}  {result['seconds']:.1f}s")

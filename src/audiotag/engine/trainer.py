@@ -1,0 +1,134 @@
+"""A small, explicit training loop with named hooks.
+
+The :class:`Trainer` runs epochs of (augment -> forward -> BCE-with-logits -> backward -> clip ->
+step) and calls its callbacks' hooks; checkpointing, early stopping and logging are callbacks that
+keep their own state. ``state_dict()`` holds everything needed to continue exactly where it
+stopped: model, optimizer, scheduler, counters, history, the augmentations' generators and the
+global torch generator. Batches come from a function of the epoch number, so the data order
+needs no state of its own.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .checkpoint import rng_state, set_rng_state
+from .precision import autocast
+
+
+class Callback:
+    def on_fit_start(self, trainer: "Trainer") -> None: ...
+
+    def on_epoch_end(self, trainer: "Trainer", result: dict) -> None: ...
+
+    def on_fit_end(self, trainer: "Trainer") -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def lr_lambda(schedule: str, *, total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    """Learning-rate factor per step: one-cycle (warm up from lr/25, cosine down to ~0), cosine
+    with linear warm-up, or constant."""
+    warmup = int(total_steps * warmup_fraction) if schedule != "constant" else 0
+
+    def factor(step: int) -> float:
+        if schedule == "constant":
+            return 1.0
+        if step < warmup:
+            start = 1 / 25 if schedule == "onecycle" else 0.0
+            return start + (1 - start) * (0.5 - 0.5 * math.cos(math.pi * step / warmup) if schedule == "onecycle"
+                                          else step / warmup)
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, *, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, transforms: list, device: torch.device,
+                 precision: str = "fp32", grad_clip: float | None = None, callbacks: list[Callback] = (),
+                 loss_fn: Callable = nn.functional.binary_cross_entropy_with_logits):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.transforms, self.device, self.precision = transforms, device, precision
+        self.grad_clip, self.callbacks, self.loss_fn = grad_clip, list(callbacks), loss_fn
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.epoch = 0  # epochs completed
+        self.step = 0
+        self.history: list[dict] = []
+        self.should_stop = False
+
+    def train_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        self.model.train()
+        total, count = 0.0, 0
+        for x, y in batches:
+            with torch.no_grad():
+                for transform in self.transforms:
+                    x, y = transform(x, y)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with autocast(self.device, self.precision):
+                logits = self.model(x)["logits"]
+            loss = self.loss_fn(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            total += float(loss.detach()) * len(x)
+            count += len(x)
+        return total / max(count, 1)
+
+    def fit(self, *, epochs: int, batches_for: Callable[[int], Iterable], evaluate: Callable[[], dict]) -> list[dict]:
+        """Train until ``epochs`` are completed (counting those done before a resume) or a
+        callback sets ``should_stop``; ``evaluate()`` returns the epoch's validation metrics."""
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        while self.epoch < epochs and not self.should_stop:
+            start = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            loss = self.train_epoch(batches_for(self.epoch))
+            train_s = time.perf_counter() - start
+            metrics = evaluate()
+            self.epoch += 1
+            result = {"epoch": self.epoch, "train_loss": loss, "lr": lr, **metrics, "train_seconds": train_s,
+                      "seconds": time.perf_counter() - start}
+            self.history.append(result)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, result)
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+        return self.history
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch, "step": self.step, "history": self.history, "should_stop": self.should_stop,
+            "transforms": [t.state_dict() for t in self.transforms], "rng": rng_state(),
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history, self.should_stop = list(state["history"]), state["should_stop"]
+        for t, s in zip(self.transforms, state["transforms"]):
+            t.load_state_dict(s)
+        for cb, s in zip(self.callbacks, state["callbacks"]):
+            cb.load_state_dict(s)
+        set_rng_state(state["rng"])

@@ -1,0 +1,26 @@
+"""Models, chosen by name from a registry. Every model maps features ``(B, C, F, T)`` to
+``{"logits": (B, n_classes)}`` and knows nothing of losses, augmentation or the training loop."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+from .cnn import ResNetCNN, VGGCNN
+
+MODELS: dict[str, type[nn.Module]] = {"vgg": VGGCNN, "resnet": ResNetCNN}
+
+
+def build_model(cfg: ModelConfig, *, in_channels: int, n_mels: int, n_classes: int) -> nn.Module:
+    try:
+        cls = MODELS[cfg.name]
+    except KeyError:
+        raise ConfigError(f"model.name = {cfg.name!r} is not a registered model",
+                          hint=f"choose one of {', '.join(MODELS)}") from None
+    return cls(in_channels=in_channels, n_mels=n_mels, n_classes=n_classes, width=cfg.width, depth=cfg.depth,
+               convs_per_block=cfg.convs_per_block, max_width=cfg.max_width, dropout=cfg.dropout)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,110 @@
+"""From cached features to training batches and inference windows.
+
+:class:`ClipBank` holds the (memory-mapped) features of a list of clips and cuts fixed-length
+pieces out of them, padding short clips by wrapping or with the floor value. :class:`CropSampler`
+decides which clips and which crops make each training batch; its choices are a pure function of
+(seed, fold, epoch), so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data.records import Clip
+from ..features.cache import FeatureSet
+
+
+class ClipBank:
+    """Features ``(C, F, T_i)`` of a list of clips, in order, with their targets ``(n, K)``."""
+
+    def __init__(self, arrays: list[np.ndarray], targets: np.ndarray | None = None):
+        self.arrays = arrays
+        self.targets = targets
+        self.lengths = np.array([a.shape[-1] for a in self.arrays])
+        first = self.arrays[0] if self.arrays else None
+        self.channels, self.bands = (first.shape[0], first.shape[1]) if first is not None else (0, 0)
+
+    @classmethod
+    def from_features(cls, features: FeatureSet, clips: list[Clip], targets: np.ndarray | None = None) -> "ClipBank":
+        return cls([features.load(c) for c in clips], targets)  # memory-mapped: nothing is read yet
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def piece(self, i: int, start: int, length: int, *, pad_mode: str = "wrap") -> np.ndarray:
+        """``length`` frames of clip ``i`` from ``start`` (float32 ``(C, F, length)``).
+
+        A clip shorter than ``length`` is repeated (``wrap``, starting ``start`` frames in) or
+        placed at ``start`` within a crop filled with the clip's floor value (``constant``).
+        """
+        a = self.arrays[i]
+        n = a.shape[-1]
+        if n >= length:
+            return np.asarray(a[..., start : start + length], dtype=np.float32)
+        out = np.empty((a.shape[0], a.shape[1], length), dtype=np.float32)
+        clip = np.asarray(a, dtype=np.float32)
+        if pad_mode == "wrap":
+            reps = -(-(length + start) // n)
+            out[:] = np.tile(clip, (1, 1, reps))[..., start % n : start % n + length]
+        else:
+            out[:] = clip.min()
+            start = min(start, length - n)
+            out[..., start : start + n] = clip
+        return out
+
+
+def class_balanced_weights(targets: np.ndarray) -> np.ndarray:
+    """Sampling weight per clip: the mean inverse frequency of its labels (multi-label aware)."""
+    counts = targets.sum(0)
+    inverse = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    w = (targets * inverse).sum(1) / np.maximum(targets.sum(1), 1)
+    w = np.where(w > 0, w, inverse[inverse > 0].min() if (inverse > 0).any() else 1.0)
+    return w / w.sum()
+
+
+@dataclass
+class CropSampler:
+    bank: ClipBank
+    crop_frames: int
+    batch_size: int
+    seed: int
+    stream: int = 0  # e.g. the fold: different folds get different (but fixed) batch orders
+    pad_mode: str = "wrap"
+    balanced: bool = False
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return max(1, len(self.bank) // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of one epoch: ``x (B, C, F, crop_frames)`` float32, ``y (B, K)`` float32."""
+        rng = np.random.default_rng([self.seed, self.stream, epoch])
+        n = len(self.bank)
+        if self.balanced:
+            order = rng.choice(n, size=n, replace=True, p=class_balanced_weights(self.bank.targets))
+        else:
+            order = rng.permutation(n)
+        size = min(self.batch_size, n)
+        for b in range(self.batches_per_epoch):
+            idx = order[b * size : (b + 1) * size]
+            starts = [int(rng.integers(0, max(1, self.bank.lengths[i] - self.crop_frames + 1))) if
+                      self.bank.lengths[i] >= self.crop_frames else int(rng.integers(0, self.bank.lengths[i]))
+                      for i in idx]
+            x = np.stack([self.bank.piece(i, s, self.crop_frames, pad_mode=self.pad_mode) for i, s in zip(idx, starts)])
+            yield torch.from_numpy(x), torch.from_numpy(self.bank.targets[idx].astype(np.float32))
+
+
+def window_starts(n_frames: int, window: int, hop: int, *, offset: int = 0) -> list[int]:
+    """Start frames of sliding windows covering ``n_frames``: every ``hop`` from ``offset``, and the
+    last window aligned to the end so no frame is left out. A short clip gets one window."""
+    if n_frames <= window:
+        return [offset % max(n_frames, 1)] if offset else [0]
+    last = n_frames - window
+    starts = list(range(offset % hop if offset else 0, last + 1, hop))
+    if not starts or starts[-1] != last:
+        starts.append(last)
+    return starts

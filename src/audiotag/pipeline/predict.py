@@ -1,0 +1,105 @@
+"""Clip-level predictions from models trained on fixed-length crops.
+
+Every clip, whatever its length, is cut into sliding windows (``window`` frames, ``overlap``
+between neighbours, the last one aligned to the clip's end); window probabilities are aggregated
+per clip by mean or max. Test-time augmentation predicts ``views`` shifted copies as well and
+blends them fastai-style: ``beta * clean + (1 - beta) * mean(views)``. Several fold models are
+averaged arithmetically or geometrically.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import PredictConfig
+from ..engine.precision import autocast
+from .inputs import ClipBank, window_starts
+
+
+@dataclass
+class InferenceSpec:
+    window: int  # frames
+    hop: int  # frames between window starts
+    aggregate: str = "mean"
+    pad_mode: str = "wrap"
+    views: int = 0
+    beta: float = 0.4
+    batch_size: int = 64
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: PredictConfig, *, window: int, pad_mode: str, seed: int, views: int | None = None):
+        return cls(window=window, hop=max(1, int(round(window * (1 - cfg.overlap)))), aggregate=cfg.aggregate,
+                   pad_mode=pad_mode, views=cfg.tta_views if views is None else views, beta=cfg.tta_beta,
+                   batch_size=cfg.batch_size, seed=seed)
+
+
+def _view_pieces(bank: ClipBank, spec: InferenceSpec, view: int) -> list[tuple[int, int, int]]:
+    """(clip, start, roll) for every window of one view; view 0 is the clean one."""
+    rng = np.random.default_rng([spec.seed, view])
+    pieces = []
+    for i, n in enumerate(bank.lengths):
+        offset = 0 if view == 0 else int(rng.integers(1, max(2, min(spec.hop, n))))
+        roll = 0 if view == 0 else int(rng.integers(0, spec.window))
+        pieces += [(i, start, roll) for start in window_starts(int(n), spec.window, spec.hop, offset=offset)]
+    return pieces
+
+
+@torch.inference_mode()
+def _predict_view(model: nn.Module, bank: ClipBank, spec: InferenceSpec, view: int, *, device: torch.device,
+                  precision: str) -> np.ndarray:
+    pieces = _view_pieces(bank, spec, view)
+    n_classes = None
+    sums = counts = maxima = None
+    for b in range(0, len(pieces), spec.batch_size):
+        chunk = pieces[b : b + spec.batch_size]
+        x = np.stack([np.roll(bank.piece(i, s, spec.window, pad_mode=spec.pad_mode), r, axis=-1) if r else
+                      bank.piece(i, s, spec.window, pad_mode=spec.pad_mode) for i, s, r in chunk])
+        with autocast(device, precision):
+            logits = model(torch.from_numpy(x).to(device))["logits"]
+        probs = torch.sigmoid(logits.float()).cpu().numpy()
+        if n_classes is None:
+            n_classes = probs.shape[1]
+            sums = np.zeros((len(bank), n_classes))
+            counts = np.zeros(len(bank))
+            maxima = np.zeros((len(bank), n_classes))
+        idx = np.array([i for i, _, _ in chunk])
+        np.add.at(sums, idx, probs)
+        np.add.at(counts, idx, 1)
+        np.maximum.at(maxima, idx, probs)
+    if n_classes is None:
+        raise ValueError("no clips to predict")
+    return maxima if spec.aggregate == "max" else sums / counts[:, None]
+
+
+def predict_model(model: nn.Module, bank: ClipBank, spec: InferenceSpec, *, device: torch.device,
+                  precision: str = "fp32") -> np.ndarray:
+    """Probabilities ``(n_clips, n_classes)`` of one model, TTA included, as float32 (what is saved,
+    so predictions combined in memory and ones reloaded from disk agree to the bit)."""
+    model.eval()
+    clean = _predict_view(model, bank, spec, 0, device=device, precision=precision)
+    if spec.views == 0:
+        return clean.astype(np.float32)
+    augmented = np.mean([_predict_view(model, bank, spec, v, device=device, precision=precision)
+                         for v in range(1, spec.views + 1)], axis=0)
+    return (spec.beta * clean + (1 - spec.beta) * augmented).astype(np.float32)
+
+
+def average_folds(predictions: list[np.ndarray], how: str = "arithmetic") -> np.ndarray:
+    stack = np.stack(predictions)
+    if how == "geometric":
+        return np.exp(np.log(np.clip(stack, 1e-7, 1.0)).mean(axis=0))
+    return stack.mean(axis=0)
+
+
+def predict_models(models: list[nn.Module], bank: ClipBank, spec: InferenceSpec, *, device: torch.device,
+                   precision: str = "fp32", fold_mean: str = "arithmetic") -> tuple[np.ndarray, float]:
+    """Fold-averaged probabilities and the seconds spent per clip."""
+    start = time.perf_counter()
+    out = average_folds([predict_model(m, bank, spec, device=device, precision=precision) for m in models], fold_mean)
+    return out, (time.perf_counter() - start) / max(len(bank), 1)

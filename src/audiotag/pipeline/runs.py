@@ -1,0 +1,176 @@
+"""Run folders: everything one training run produced, described well enough to reproduce it.
+
+::
+
+    RUN/config.yaml            the resolved configuration
+    RUN/run.json               command, dataset, versions, device/precision chosen, status
+    RUN/log.txt                everything printed
+    RUN/folds.csv              fname -> fold
+    RUN/skipped.csv            clips left out by --skip-bad (when any)
+    RUN/fold_K/                last.pt (resumable), best.pt, history.csv, oof.npy, test.npy, done.json
+    RUN/oof_predictions.csv    fname, fold, one column per label
+    RUN/test_predictions.csv   Kaggle submission format (fold-averaged)
+    RUN/scores.json            per-fold and pooled OOF lwlrap, test lwlrap when ground truth exists
+    RUN/training_curves.png
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .. import __version__, fsutil
+from ..config import Config, config_from_dict
+from ..data.layouts import load_dataset
+from ..data.records import Dataset, Problem
+from ..errors import AudiotagError
+from ..features.cache import library_versions
+
+
+@dataclass
+class DataSpec:
+    """How to load a dataset again (saved in run.json for ``--resume``)."""
+
+    root: str | None = None
+    csv: str | None = None
+    audio_dir: str | None = None
+    file_col: str | None = None
+    label_col: str | None = None
+    fold_col: str | None = None
+    label_sep: str = ","
+    vocabulary: str | None = None
+
+    def load(self, *, audio: bool = True) -> Dataset:
+        return load_dataset(self.root, csv=self.csv, audio_dir=self.audio_dir, file_col=self.file_col,
+                            label_col=self.label_col, fold_col=self.fold_col, label_sep=self.label_sep,
+                            vocabulary=self.vocabulary, audio=audio)
+
+    def absolute(self) -> "DataSpec":
+        paths = {f.name: str(Path(v).resolve()) for f in fields(self)
+                 if f.name in ("root", "csv", "audio_dir", "vocabulary") and (v := getattr(self, f.name))}
+        return DataSpec(**{**asdict(self), **paths})
+
+
+def write_predictions(path: Path, fnames: list[str], vocabulary: tuple[str, ...], probs: np.ndarray,
+                      *, extra: dict[str, list] | None = None) -> Path:
+    """``fname[, extra...], <one column per label>`` with 6 decimals: what pandas and Kaggle read."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    extra = extra or {}
+    writer.writerow(["fname", *extra, *vocabulary])
+    for i, name in enumerate(fnames):
+        writer.writerow([name, *(col[i] for col in extra.values()), *(f"{p:.6f}" for p in probs[i])])
+    return fsutil.write_text(path, out.getvalue())
+
+
+def read_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """(fnames, label columns, probabilities) of a file written by :func:`write_predictions` (no extras)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], [r for r in rows[1:] if r]
+    return [r[0] for r in body], header[1:], np.array([[float(v) for v in r[1:]] for r in body])
+
+
+class Run:
+    def __init__(self, folder: Path):
+        self.dir = Path(folder)
+
+    # ------------------------------------------------------------------ creation and loading
+
+    @classmethod
+    def create(cls, out: str | Path | None, *, config: Config, data: DataSpec, name: str = "run",
+               runs_root: str | Path = "runs") -> "Run":
+        if out is None:
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = Path(runs_root) / f"{stamp}-{name}"
+            while out.exists():
+                out = out.with_name(out.name + "x")
+        out = Path(out)
+        if out.exists() and any(out.iterdir()):
+            raise AudiotagError(f"run folder {out} already exists and is not empty",
+                                hint=f"continue it with `audiotag train --resume {out}`, or choose another --out")
+        run = cls(out)
+        fsutil.write_text(run.dir / "config.yaml", config.to_yaml())
+        run.write_info({
+            "audiotag": __version__, "created": _dt.datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv), "data": asdict(data.absolute()), "status": "created",
+            "versions": {**library_versions(), "python": platform.python_version()},
+            "host": platform.node(), "cpu_count": os.cpu_count(),
+        })
+        return run
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "Run":
+        run = cls(Path(folder))
+        if not (run.dir / "run.json").is_file() or not (run.dir / "config.yaml").is_file():
+            raise AudiotagError(f"{folder} is not an audiotag run folder (no run.json / config.yaml)")
+        return run
+
+    @property
+    def config(self) -> Config:
+        return config_from_dict(yaml.safe_load((self.dir / "config.yaml").read_text()))
+
+    @property
+    def info(self) -> dict:
+        return json.loads((self.dir / "run.json").read_text())
+
+    def write_info(self, info: dict) -> None:
+        fsutil.write_text(self.dir / "run.json", json.dumps(info, indent=2))
+
+    def update_info(self, **changes) -> None:
+        self.write_info({**self.info, **changes})
+
+    @property
+    def data(self) -> DataSpec:
+        return DataSpec(**self.info["data"])
+
+    @property
+    def scores(self) -> dict | None:
+        path = self.dir / "scores.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def fold_dir(self, k: int) -> Path:
+        return self.dir / f"fold_{k}"
+
+    # ------------------------------------------------------------------ logging
+
+    def log(self, message: str) -> None:
+        print(message, flush=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "log.txt", "a", encoding="utf-8") as f:
+            f.write(f"{_dt.datetime.now().isoformat(timespec='seconds')} {message}\n")
+
+    def write_skipped(self, skipped: list[Problem]) -> None:
+        if not skipped:
+            return
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["split", "fname", "code", "message"])
+        writer.writerows([p.split, p.fname, p.code, p.message] for p in skipped)
+        fsutil.write_text(self.dir / "skipped.csv", out.getvalue())
+
+
+def list_runs(root: str | Path = "runs") -> list[dict]:
+    """One row per run folder under ``root``: name, model, status, scores."""
+    rows = []
+    for folder in sorted(Path(root).glob("*/run.json")):
+        run = Run(folder.parent)
+        try:
+            info, cfg, scores = run.info, run.config, run.scores or {}
+        except (OSError, ValueError, AudiotagError):
+            continue
+        rows.append({"run": str(run.dir), "created": info.get("created", ""), "status": info.get("status", ""),
+                     "model": f"{cfg.model.name} w{cfg.model.width}", "folds": scores.get("n_folds", ""),
+                     "oof_lwlrap": scores.get("oof_lwlrap"), "test_lwlrap": scores.get("test_lwlrap"),
+                     "minutes": round(scores["train_seconds"] / 60, 1) if "train_seconds" in scores else None})
+    return rows

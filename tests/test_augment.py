@@ -1,0 +1,94 @@
+import pytest
+import torch
+
+from audiotag.augment import Gain, Mixup, SpecAugment, TimeShift, build_transforms
+from audiotag.config import AugmentConfig
+
+
+def batch(seed=0, b=6, f=16, t=40, k=5):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, 1, f, t, generator=g)
+    y = torch.zeros(b, k)
+    y[torch.arange(b), torch.arange(b) % k] = 1
+    return x, y
+
+
+TRANSFORMS = {
+    "shift": lambda s: TimeShift(seed=s),
+    "gain": lambda s: Gain(max_db=6.0, seed=s),
+    "masks": lambda s: SpecAugment(time_masks=2, time_mask_frames=10, freq_masks=2, freq_mask_bins=4, seed=s),
+    "mixup": lambda s: Mixup(alpha=0.4, prob=1.0, targets="weighted", seed=s),
+}
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_each_transform_changes_its_input_and_never_mutates_it(name):
+    x, y = batch()
+    x0, y0 = x.clone(), y.clone()
+    x2, y2 = TRANSFORMS[name](1)(x, y)
+    assert x2.shape == x.shape and y2.shape == y.shape
+    assert not torch.equal(x2, x)
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_same_seed_same_result_and_state_resumes(name):
+    x, y = batch()
+    a, b = TRANSFORMS[name](3), TRANSFORMS[name](3)
+    assert torch.equal(a(x, y)[0], b(x, y)[0])
+    saved = a.state_dict()
+    first = a(x, y)[0]
+    a.load_state_dict(saved)
+    assert torch.equal(a(x, y)[0], first)
+    assert not torch.equal(first, TRANSFORMS[name](4)(x, y)[0]) or name == "mixup"
+
+
+def test_time_shift_is_a_circular_roll():
+    x, y = batch()
+    t = TimeShift(seed=0)
+    params = t.sample(x)
+    out, _ = t.apply(x, y, params)
+    for i in range(len(x)):
+        torch.testing.assert_close(out[i], torch.roll(x[i], int(params["shift"][i]), dims=-1))
+
+
+def test_gain_adds_a_bounded_constant_per_clip():
+    x, y = batch()
+    out, _ = Gain(max_db=3.0, seed=0)(x, y)
+    offset = (out - x).flatten(1)
+    assert torch.allclose(offset, offset[:, :1].expand_as(offset)) and offset.abs().max() <= 3.0
+
+
+def test_masks_cover_spans_with_the_clip_mean():
+    x, y = batch()
+    t = SpecAugment(time_masks=1, time_mask_frames=10, freq_masks=0, freq_mask_bins=0, seed=0)
+    params = t.sample(x)
+    out, _ = t.apply(x, y, params)
+    changed = (out != x).any(dim=2)[:, 0]  # (B, T): masked frames
+    assert changed.sum(1).max() <= 10
+    for i in range(len(x)):
+        if changed[i].any():
+            assert torch.allclose(out[i, 0, :, changed[i]], x[i].mean().expand(16, int(changed[i].sum())))
+
+
+def test_mixup_targets_weighted_and_or():
+    x, y = batch()
+    weighted = Mixup(alpha=0.4, prob=1.0, targets="weighted", seed=0)
+    params = weighted.sample(x)
+    mx, my = weighted.apply(x, y, params)
+    lam, perm = params["lam"], params["perm"]
+    torch.testing.assert_close(my, lam[:, None] * y + (1 - lam[:, None]) * y[perm])
+    torch.testing.assert_close(mx, lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[perm])
+    assert torch.allclose(my.sum(1), torch.ones(len(y)))
+    _, oy = Mixup(alpha=0.4, prob=1.0, targets="or", seed=0).apply(x, y, params)
+    torch.testing.assert_close(oy, torch.maximum(y, y[perm]))
+
+
+def test_mixup_probability_zero_is_identity_and_config_switches_parts_off():
+    x, y = batch()
+    mx, my = Mixup(alpha=0.4, prob=0.0, targets="weighted", seed=0)(x, y)
+    assert torch.equal(mx, x) and torch.equal(my, y)
+    off = AugmentConfig(mixup_alpha=0, time_masks=0, freq_masks=0, gain_db=0, time_shift=False)
+    assert build_transforms(off, seed=0) == []
+    names = [type(t).__name__ for t in build_transforms(AugmentConfig(), seed=0)]
+    assert names == ["TimeShift", "Gain", "SpecAugment", "Mixup"]

@@ -1,0 +1,71 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from audiotag.engine.checkpoint import load_checkpoint, save_checkpoint
+from audiotag.engine.precision import resolve_device, resolve_precision
+from audiotag.engine.trainer import lr_lambda
+from audiotag.errors import AudiotagError
+
+
+def test_one_cycle_schedule_shape():
+    f = lr_lambda("onecycle", total_steps=100, warmup_fraction=0.2)
+    values = [f(s) for s in range(101)]
+    assert values[0] == pytest.approx(1 / 25) and values[20] == pytest.approx(1.0)
+    assert max(values) == pytest.approx(1.0) and values[-1] < 1e-3
+    assert all(a <= b for a, b in zip(values[:20], values[1:21]))  # warms up
+    assert all(a >= b for a, b in zip(values[20:], values[21:]))  # then anneals
+    assert lr_lambda("constant", total_steps=10, warmup_fraction=0.5)(7) == 1.0
+    cos = lr_lambda("cosine", total_steps=10, warmup_fraction=0.0)
+    assert cos(0) == pytest.approx(1.0) and cos(10) < 1e-3
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_checkpoints_round_trip_and_never_run_code(tmp_path):
+    state = {"model": {"w": torch.ones(3)}, "epoch": 4, "history": [{"loss": 0.5}], "name": "x"}
+    path = save_checkpoint(tmp_path / "a.pt", state)
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 4 and torch.equal(loaded["model"]["w"], torch.ones(3))
+    assert not list(tmp_path.glob(".tmp-*"))
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"model": Evil()}, f)
+    with pytest.raises(AudiotagError, match="cannot be loaded safely"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:50])
+    with pytest.raises(AudiotagError, match="damaged"):
+        load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_device_and_precision_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(AudiotagError, match="no CUDA device"):
+            resolve_device("cuda")
+        with pytest.raises(AudiotagError, match="fp16"):
+            resolve_precision("fp16", device=torch.device("cpu"))
+    assert resolve_precision("fp32", device=torch.device("cpu")) == "fp32"
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3))
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            return {"logits": self.net(x)}
+
+    wrapped = Wrap()
+    wrapped(torch.zeros(2, 1, 8, 8))
+    example = torch.randn(4, 1, 8, 8)
+    before = torch.get_rng_state()
+    choice = resolve_precision("auto", device=torch.device("cpu"), model=wrapped, example=example)
+    assert choice in ("fp32", "bf16") and torch.equal(torch.get_rng_state(), before)

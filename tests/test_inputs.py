@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import torch
+
+from audiotag.data.folds import make_folds
+from audiotag.data.layouts import load_dataset
+from audiotag.errors import DataError
+from audiotag.pipeline.inputs import ClipBank, CropSampler, class_balanced_weights, window_starts
+
+
+def bank(lengths=(50, 12, 30), k=3):
+    arrays = [np.arange(n, dtype=np.float16)[None, None, :].repeat(4, axis=1) + 100 * i for i, n in enumerate(lengths)]
+    targets = np.eye(len(lengths), k, dtype=np.float32)
+    return ClipBank(arrays, targets)
+
+
+def test_pieces_of_long_and_short_clips():
+    b = bank()
+    np.testing.assert_array_equal(b.piece(0, 10, 20)[0, 0], np.arange(10, 30))
+    wrapped = b.piece(1, 5, 20, pad_mode="wrap")[0, 0]
+    np.testing.assert_array_equal(wrapped, 100 + (np.arange(5, 25) % 12))
+    constant = b.piece(1, 3, 20, pad_mode="constant")[0, 0]
+    np.testing.assert_array_equal(constant[3:15], 100 + np.arange(12))
+    assert (constant[:3] == 100).all() and (constant[15:] == 100).all()  # the clip's floor value
+    assert b.piece(0, 0, 20).dtype == np.float32
+
+
+def test_sampler_is_a_pure_function_of_seed_stream_and_epoch():
+    b = bank(lengths=(50, 12, 30, 44, 61, 20))
+    b.targets = np.eye(6, 3, dtype=np.float32)
+    s = CropSampler(b, crop_frames=16, batch_size=2, seed=1)
+    first = [x for x, _ in s.epoch(0)]
+    again = [x for x, _ in CropSampler(b, crop_frames=16, batch_size=2, seed=1).epoch(0)]
+    other = [x for x, _ in s.epoch(1)]
+    assert len(first) == 3 and all(x.shape == (2, 1, 4, 16) for x in first)
+    assert all(torch.equal(a, c) for a, c in zip(first, again))
+    assert not all(torch.equal(a, c) for a, c in zip(first, other))
+    stream = [x for x, _ in CropSampler(b, crop_frames=16, batch_size=2, seed=1, stream=1).epoch(0)]
+    assert not all(torch.equal(a, c) for a, c in zip(first, stream))
+
+
+def test_class_balanced_sampling_favours_rare_classes():
+    targets = np.zeros((10, 2), dtype=np.float32)
+    targets[:9, 0] = 1
+    targets[9, 1] = 1
+    w = class_balanced_weights(targets)
+    assert w.sum() == pytest.approx(1.0) and w[9] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("n, window, hop", [(100, 30, 15), (30, 30, 15), (10, 30, 15), (101, 40, 40), (1000, 200, 100)])
+def test_windows_cover_every_frame(n, window, hop):
+    starts = window_starts(n, window, hop)
+    covered = np.zeros(n, bool)
+    for s in starts:
+        covered[s : s + window] = True
+    assert covered.all() and all(0 <= s <= max(0, n - window) for s in starts)
+    assert starts == sorted(set(starts))
+
+
+def test_folds_are_stratified_stable_and_reused(demo_data, cache_dir):
+    ds = load_dataset(demo_data)
+    clips = ds.split("curated")
+    folds = make_folds(ds, clips, n_folds=4, seed=0, cache_dir=cache_dir)
+    assert folds.source == "stratified" and sorted(set(folds.fold.values())) == [0, 1, 2, 3]
+    y = ds.label_matrix(clips)
+    ids = np.array([folds.fold[c.fname] for c in clips])
+    per_fold = np.stack([y[ids == k].sum(0) for k in range(4)])
+    assert (per_fold.max(0) - per_fold.min(0)).max() <= 2  # every label spread evenly
+    cached = list((cache_dir / "folds").glob("*.csv"))
+    assert len(cached) == 1
+    assert make_folds(ds, clips, n_folds=4, seed=0, cache_dir=cache_dir) == folds
+    assert make_folds(ds, clips, n_folds=4, seed=1, cache_dir=cache_dir) != folds
+    train, val = folds.indices(clips, 2)
+    assert set(train).isdisjoint(val) and len(train) + len(val) == len(clips)
+
+
+def test_a_datasets_own_folds_win(tmp_path):
+    from conftest import shared_path
+
+    ds = load_dataset(shared_path("data", "sources", "esc50"), audio=False)
+    folds = make_folds(ds, ds.clips, n_folds=5, seed=0)
+    assert folds.source == "dataset" and folds.n_folds == 3
+    assert all(folds.fold[c.fname] == c.fold - 1 for c in ds.clips)
+    with pytest.raises(DataError, match="cannot be split"):
+        make_folds(ds, ds.clips[:3], n_folds=5, seed=0, use_dataset_folds=False)

@@ -1,0 +1,182 @@
+"""End-to-end training on the small demo dataset with a tiny model (seconds per run)."""
+
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from audiotag import cli
+from audiotag.config import load_config
+from audiotag.engine.callbacks import History
+from audiotag.pipeline import inputs
+from audiotag.pipeline.runs import DataSpec, Run
+from audiotag.pipeline.train import resume, train
+
+from conftest import shared_path
+
+TINY = ["model.width=8", "model.depth=2", "model.convs_per_block=1", "train.epochs=3", "train.folds=2",
+        "train.crop_seconds=1.0", "train.batch_size=8", "train.precision=fp32", "predict.tta_views=1",
+        "data.num_workers=1"]
+
+
+def tiny(*extra):
+    return load_config(None, TINY + list(extra))
+
+
+def read(path):
+    return path.read_bytes()
+
+
+def train_tiny(demo_data, out, cache_dir, *extra):
+    return train(DataSpec(root=str(demo_data)), tiny(*extra), out=out, cache_dir=cache_dir, progress=False)
+
+
+def test_a_run_folder_has_everything(demo_data, tmp_path):
+    run = train_tiny(demo_data, tmp_path / "run", tmp_path / "cache")
+    d = run.dir
+    for name in ("config.yaml", "run.json", "log.txt", "folds.csv", "oof_predictions.csv", "test_predictions.csv",
+                 "scores.json", "training_curves.png"):
+        assert (d / name).is_file(), name
+    for k in (0, 1):
+        for name in ("best.pt", "last.pt", "history.csv", "oof.npy", "test.npy", "done.json"):
+            assert (d / f"fold_{k}" / name).is_file()
+    scores = json.loads((d / "scores.json").read_text())
+    assert scores["n_folds"] == 2 and len(scores["fold_lwlrap"]) == 2 and 0 < scores["oof_lwlrap"] <= 1
+    assert 0 < scores["test_lwlrap"] <= 1
+    assert run.config == tiny() and run.info["status"] == "done" and run.info["precision"] == "fp32"
+    with open(d / "oof_predictions.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:2] == ["fname", "fold"] and len(rows) - 1 == 56  # every curated clip, once
+    probs = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+    assert ((probs >= 0) & (probs <= 1)).all()
+
+
+def test_same_seed_same_numbers(demo_data, tmp_path):
+    a = train_tiny(demo_data, tmp_path / "a", tmp_path / "cache")
+    b = train_tiny(demo_data, tmp_path / "b", tmp_path / "cache")
+    assert read(a.dir / "test_predictions.csv") == read(b.dir / "test_predictions.csv")
+    c = train_tiny(demo_data, tmp_path / "c", tmp_path / "cache", "seed=1")
+    assert read(a.dir / "test_predictions.csv") != read(c.dir / "test_predictions.csv")
+
+
+def _same_results(a: Run, b: Run):
+    for name in ("oof_predictions.csv", "test_predictions.csv", "folds.csv"):
+        assert read(a.dir / name) == read(b.dir / name), name
+    sa, sb = a.scores, b.scores
+    for key in ("oof_lwlrap", "fold_lwlrap", "test_lwlrap", "epochs", "best_epochs"):
+        assert sa[key] == sb[key], key
+
+
+def test_resume_after_an_epoch_equals_training_straight(demo_data, tmp_path, monkeypatch):
+    straight = train_tiny(demo_data, tmp_path / "straight", tmp_path / "cache")
+    original = History.on_epoch_end
+
+    def stop_after_epoch_2_of_fold_1(self, trainer, result):
+        original(self, trainer, result)
+        if self.prefix.startswith("fold 1") and result["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(History, "on_epoch_end", stop_after_epoch_2_of_fold_1)
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny(demo_data, tmp_path / "cut", tmp_path / "cache")
+    monkeypatch.setattr(History, "on_epoch_end", original)
+    assert (tmp_path / "cut" / "fold_0" / "done.json").exists()
+    assert not (tmp_path / "cut" / "fold_1" / "done.json").exists()
+    _same_results(straight, resume(tmp_path / "cut", progress=False))
+
+
+def test_resume_after_a_kill_mid_epoch_equals_training_straight(demo_data, tmp_path, monkeypatch):
+    straight = train_tiny(demo_data, tmp_path / "straight", tmp_path / "cache")
+    original = inputs.CropSampler.epoch
+
+    def dies_in_epoch_3(self, epoch):
+        for i, item in enumerate(original(self, epoch)):
+            if self.stream == 0 and epoch == 2 and i == 1:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(inputs.CropSampler, "epoch", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny(demo_data, tmp_path / "cut", tmp_path / "cache")
+    monkeypatch.setattr(inputs.CropSampler, "epoch", original)
+    _same_results(straight, resume(tmp_path / "cut", progress=False))
+
+
+def test_cli_train_predict_score_tag_runs(demo_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sets = [a for s in TINY for a in ("--set", s)]
+    assert cli.main(["train", "--data", str(demo_data), "--out", "runs/r", "--cache-dir", "cache", "-q", *sets]) == 0
+    assert cli.main(["train", "--data", str(demo_data), "--out", "runs/r", "--cache-dir", "cache", *sets]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert cli.main(["predict", "runs/r", "--data", str(demo_data), "--out", "sub.csv", "--cache-dir", "cache", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote sub.csv" in out and "ms per clip" in out
+    # the competition's own scorer accepts the file unchanged and agrees with ours
+    score_py = shared_path("bench", "score.py")
+    result = subprocess.run([sys.executable, str(score_py), "--truth", str(demo_data / "test_labels.csv"),
+                             "--submission", "sub.csv"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    theirs = float(result.stdout.strip().splitlines()[-1].split()[-1])
+    assert cli.main(["score", "sub.csv", "--truth", str(demo_data / "test_labels.csv"), "--per-class"]) == 0
+    ours = float(capsys.readouterr().out.strip().splitlines()[-1].split()[-1])
+    assert ours == pytest.approx(theirs, abs=1e-6)
+    scores = json.loads((tmp_path / "runs" / "r" / "scores.json").read_text())
+    assert ours == pytest.approx(scores["test_lwlrap"], abs=1e-5)  # predict reproduces the run's own test predictions
+    wav = next((demo_data / "test").glob("*.wav"))
+    assert cli.main(["tag", "--run", "runs/r", str(wav), "--top", "2"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    assert cli.main(["runs"]) == 0
+    assert "runs/r" in capsys.readouterr().out
+
+
+def test_predict_needs_only_the_test_folder_and_checks_labels(demo_data, tmp_path, capsys):
+    run = train_tiny(demo_data, tmp_path / "run", tmp_path / "cache")
+    only_test = tmp_path / "stage2"
+    only_test.mkdir()
+    (only_test / "test").symlink_to(demo_data / "test")
+    (only_test / "sample_submission.csv").write_bytes((demo_data / "sample_submission.csv").read_bytes())
+    out = tmp_path / "sub.csv"
+    assert cli.main(["predict", str(run.dir), "--data", str(only_test), "--out", str(out), "-q"]) == 0
+    assert read(out) == read(run.dir / "test_predictions.csv")
+    header = (only_test / "sample_submission.csv").read_text().splitlines()
+    cols = header[0].split(",")
+    cols[1], cols[2] = cols[2], cols[1]
+    (only_test / "sample_submission.csv").write_text("\n".join([",".join(cols), *header[1:]]) + "\n")
+    assert cli.main(["predict", str(run.dir), "--data", str(only_test), "--out", str(out), "-q"]) == 2
+    assert "labels differ" in capsys.readouterr().err
+
+
+def test_score_rejects_broken_submissions(demo_data, tmp_path, capsys):
+    truth = demo_data / "test_labels.csv"
+    lines = (demo_data / "sample_submission.csv").read_text().splitlines()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join([lines[0], lines[1], lines[1].replace(",0", ",nan", 1)] + lines[3:]) + "\n")
+    assert cli.main(["score", str(bad), "--truth", str(truth)]) == 2
+    err = capsys.readouterr().err
+    assert "repeats line 2" in err and "have no row" in err
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_uninterrupted_result(demo_data, tmp_path):
+    sets = [a for s in TINY + ["train.epochs=6"] for a in ("--set", s)]
+    base = [sys.executable, "-m", "audiotag", "train", "--data", str(demo_data), "--cache-dir", str(tmp_path / "cache"), "-q"]
+    subprocess.run(base + ["--out", str(tmp_path / "straight"), *sets], check=True, capture_output=True)
+    proc = subprocess.Popen(base + ["--out", str(tmp_path / "cut"), *sets], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    history = tmp_path / "cut" / "fold_0" / "history.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (history.exists() and history.read_text().count("\n") >= 3):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "scores.json").exists()
+    subprocess.run([sys.executable, "-m", "audiotag", "train", "--resume", str(tmp_path / "cut"), "-q"], check=True,
+                   capture_output=True)
+    _same_results(Run.open(tmp_path / "straight"), Run.open(tmp_path / "cut"))
