@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -84,11 +85,28 @@ def test_mixup_targets_weighted_and_or():
     torch.testing.assert_close(oy, torch.maximum(y, y[perm]))
 
 
+def test_power_domain_mixup_adds_the_two_sounds_powers():
+    x, y = batch()
+    x = x * 10 - 40  # dB-like values
+    t = Mixup(alpha=0.4, prob=1.0, targets="weighted", seed=0, domain="power")
+    params = t.sample(x)
+    mx, _ = t.apply(x, y, params)
+    lam, perm = params["lam"], params["perm"]
+    expected = 10 * np.log10(lam.numpy()[:, None, None, None] * 10 ** (x.numpy() / 10)
+                             + (1 - lam.numpy()[:, None, None, None]) * 10 ** (x[perm].numpy() / 10))
+    np.testing.assert_allclose(mx.numpy(), expected, rtol=1e-4, atol=1e-3)
+    # a loud sound mixed with a much quieter one keeps (about) the loud one's level
+    loud, quiet = torch.zeros(1, 1, 1, 1), torch.full((1, 1, 1, 1), -60.0)
+    both = torch.cat([loud, quiet])
+    out, _ = t.apply(both, torch.eye(2), {"lam": torch.tensor([0.5, 0.5]), "perm": torch.tensor([1, 0])})
+    assert abs(float(out[0]) - 10 * np.log10(0.5)) < 0.01
+
+
 def test_mixup_probability_zero_is_identity_and_config_switches_parts_off():
     x, y = batch()
     mx, my = Mixup(alpha=0.4, prob=0.0, targets="weighted", seed=0)(x, y)
     assert torch.equal(mx, x) and torch.equal(my, y)
     off = AugmentConfig(mixup_alpha=0, time_masks=0, freq_masks=0, gain_db=0, time_shift=False)
     assert build_transforms(off, seed=0) == []
-    names = [type(t).__name__ for t in build_transforms(AugmentConfig(), seed=0)]
+    names = [type(t).__name__ for t in build_transforms(AugmentConfig(mixup_alpha=0.4), seed=0)]
     assert names == ["TimeShift", "Gain", "SpecAugment", "Mixup"]

@@ -57,6 +57,15 @@ def test_windows_cover_every_frame(n, window, hop):
     assert starts == sorted(set(starts))
 
 
+@pytest.mark.parametrize("n", [10, 29, 30, 31, 100])
+@pytest.mark.parametrize("pad_mode", ["wrap", "constant"])
+def test_shifted_windows_are_full_length_for_any_clip_length(n, pad_mode):
+    bank = ClipBank([np.arange(n * 2, dtype=np.float32).reshape(1, 2, n)])
+    for offset in (0, 1, 7, 15):
+        for s in window_starts(n, 30, 15, offset=offset):
+            assert bank.piece(0, s, 30, pad_mode=pad_mode).shape == (1, 2, 30), (offset, s)
+
+
 def test_folds_are_stratified_stable_and_reused(demo_data, cache_dir):
     ds = load_dataset(demo_data)
     clips = ds.split("curated")

@@ -180,3 +180,13 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(demo_data, tmp_path)
     subprocess.run([sys.executable, "-m", "audiotag", "train", "--resume", str(tmp_path / "cut"), "-q"], check=True,
                    capture_output=True)
     _same_results(Run.open(tmp_path / "straight"), Run.open(tmp_path / "cut"))
+
+
+def test_training_benchmark_reports_rates(demo_data, tmp_path):
+    from audiotag.bench import bench_training
+
+    report = tmp_path / "B.md"
+    r = bench_training(demo_data, config=tiny(), cache_dir=tmp_path / "cache", steps=2, report=report, progress=False)
+    assert r["train_clips_per_s"] > 0 and r["inference_clips_per_s"] > r["tta_clips_per_s"] > 0
+    text = report.read_text()
+    assert "<!-- bench:training -->" in text and "TTA views" in text

@@ -25,9 +25,13 @@ EXIT_INTERNAL = 3
 # ----------------------------------------------------------------------------- shared options
 
 
-def _add_data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    p.add_argument("data", nargs="?" if not required else None, metavar="DATA",
-                   help="dataset folder (Kaggle FAT2019 layout, a folder with a labels CSV, or one folder per class)")
+def _add_data_args(p: argparse.ArgumentParser, *, option: bool = False) -> None:
+    """DATA as a positional argument (or ``--data DIR`` with ``option``) plus the generic-CSV options."""
+    what = "dataset folder (Kaggle FAT2019 layout, a folder with a labels CSV, or one folder per class)"
+    if option:
+        p.add_argument("--data", metavar="DIR", help=what)
+    else:
+        p.add_argument("data", nargs="?", metavar="DATA", help=what)
     g = p.add_argument_group("generic CSV datasets")
     g.add_argument("--csv", metavar="FILE", help="a CSV naming files and labels (instead of detecting the layout)")
     g.add_argument("--audio-dir", metavar="DIR", help="folder holding the files the CSV names (default: DATA or the CSV's folder)")
@@ -226,7 +230,14 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_features
+    from .bench import bench_features, bench_training
+
+    if args.what == "training":
+        r = bench_training(args.data, config=_config(args), cache_dir=args.cache_dir, report=args.report,
+                           progress=not args.quiet)
+        print(f"{r['model']} ({r['precision']}): training {r['train_clips_per_s']:.0f} clips/s; inference "
+              f"{r['inference_clips_per_s']:.0f} clips/s, {r['tta_clips_per_s']:.0f} with {r['tta_views']} TTA views")
+        return 0
 
     result = bench_features(args.data, config=_config(args), limit=args.limit, report=args.report,
                             progress=not args.quiet)
@@ -262,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(subs, "demo", "generate the built-in synthetic dataset and run the pipeline on it",
              "Generate a synthetic FAT2019-layout dataset (14 sound classes, curated/noisy/test splits) "
-             "and run check -> inspect -> features on it. Needs no download.",
+             "and run check -> inspect -> train (K-fold CV) -> predict -> score on it, with the small settings "
+             "of configs/demo.yaml. Needs no download; a few minutes on a 2-core CPU.",
              "audiotag demo --out demo")
     p.add_argument("--out", default="demo", metavar="DIR", help="folder for the data, cache and outputs (default: demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated dataset (default 0)")
@@ -278,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
              audiotag check --csv ESC-50/meta/esc50.csv --audio-dir ESC-50/audio
              audiotag check data/fat2019 --skip-bad   # exit 0 if the bad clips can simply be left out
              """)
-    _add_data_args(p, required=False)
+    _add_data_args(p)
     _add_config_args(p)
     _add_run_args(p)
     p.add_argument("--no-audio", action="store_true", help="check the CSVs only (no audio folders needed)")
@@ -289,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
              "Write summary.md, summary.json and PNG plots: clip counts, label distribution per split, labels per "
              "clip, class imbalance, curated-vs-noisy label shift, durations and example spectrograms.",
              "audiotag inspect data/fat2019 --out inspect/\naudiotag inspect FSDKaggle2019.meta --no-audio --out meta-summary/")
-    _add_data_args(p, required=False)
+    _add_data_args(p)
     _add_config_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the summary and plots")
     p.add_argument("--no-audio", action="store_true", help="summarise from the CSVs alone")
@@ -301,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
              "Validate a dataset and compute the configured features of every clip into the cache (once per "
              "settings, audio content and library versions; later runs reuse it).",
              "audiotag features data/fat2019 --set features.n_mels=128 --skip-bad")
-    _add_data_args(p, required=False)
+    _add_data_args(p)
     _add_config_args(p)
     _add_run_args(p)
     p.add_argument("--splits", metavar="LIST", help="only these splits, e.g. curated,test (default: all)")
@@ -317,17 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
              audiotag train --data data/fat2019 --config my.yaml --set model.width=48 --set train.epochs=60
              audiotag train --resume runs/baseline
              """)
-    p.add_argument("--data", metavar="DIR", help="dataset folder")
+    _add_data_args(p, option=True)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (uses its saved config and data)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<date-time>-<model>)")
-    g = p.add_argument_group("generic CSV datasets")
-    g.add_argument("--csv", metavar="FILE")
-    g.add_argument("--audio-dir", metavar="DIR")
-    g.add_argument("--file-col", metavar="NAME")
-    g.add_argument("--label-col", metavar="NAME")
-    g.add_argument("--fold-col", metavar="NAME")
-    g.add_argument("--label-sep", default=",", metavar="SEP")
-    g.add_argument("--vocabulary", metavar="FILE")
     _add_config_args(p)
     _add_run_args(p)
     p.set_defaults(func=cmd_train)
@@ -337,12 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
              "sliding windows and TTA, and write fname + one column per label in vocabulary order.",
              "audiotag predict runs/baseline --data data/fat2019 --out submission.csv --tta 4")
     p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--data", required=True, metavar="DIR", help="dataset folder holding the test clips")
+    _add_data_args(p, option=True)
     p.add_argument("--out", required=True, metavar="FILE", help="submission CSV to write")
     p.add_argument("--tta", type=int, metavar="N", help="TTA views (default: the run's predict.tta_views)")
-    for flag in ("--csv", "--audio-dir", "--file-col", "--label-col", "--fold-col", "--vocabulary"):
-        p.add_argument(flag, help=argparse.SUPPRESS)
-    p.add_argument("--label-sep", default=",", help=argparse.SUPPRESS)
     _add_run_args(p)
     p.set_defaults(func=cmd_predict)
 
@@ -378,14 +379,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     p = _sub(subs, "bench", "benchmark feature extraction against librosa",
-             "Build the feature cache of DATA from cold and time librosa per clip on the same files and settings; "
+             "features: build the feature cache of DATA from cold and time librosa per clip on the same files and "
+             "settings. training: training and inference throughput (with and without TTA) of the configured model. "
              "--report writes the table into a Markdown file (BENCHMARKS.md).",
              "python ../shared/bench/make_dataset.py --out .bench/small --scale small\n"
-             "audiotag bench features .bench/small --report BENCHMARKS.md")
-    p.add_argument("what", choices=["features"], help="what to benchmark")
+             "audiotag bench features .bench/small --report BENCHMARKS.md\n"
+             "audiotag bench training .bench/small --report BENCHMARKS.md")
+    p.add_argument("what", choices=["features", "training"], help="what to benchmark")
     p.add_argument("data", metavar="DATA", help="dataset folder")
     _add_config_args(p)
     p.add_argument("--limit", type=int, metavar="N", help="only the first N clips")
+    p.add_argument("--cache-dir", metavar="DIR", help="feature cache folder (training benchmark)")
     p.add_argument("--report", metavar="FILE", help="Markdown file to write the results into")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench)

@@ -78,7 +78,7 @@ class ModelConfig:
     name: Literal["vgg", "resnet"] = "vgg"
     width: int = field(default=32, metadata=_range(4, 1024))  # channels of the first block, doubled per block
     depth: int = field(default=4, metadata=_range(1, 8))  # blocks, each halving time and frequency
-    convs_per_block: int = field(default=2, metadata=_range(1, 4))
+    convs_per_block: int = field(default=1, metadata=_range(1, 4))
     max_width: int = field(default=512, metadata=_range(4, 4096))
     dropout: float = field(default=0.2, metadata=_range(0.0, 0.95))
 
@@ -91,9 +91,9 @@ class TrainConfig:
     # Train only these fold indices (0-based; null = all): for fold-parallel jobs.
     only_folds: list[int] | None = None
     use_dataset_folds: bool = True  # ESC-50 / UrbanSound8K folds when the dataset has them
-    epochs: int = field(default=30, metadata=_range(1, 10000))
+    epochs: int = field(default=100, metadata=_range(1, 10000))
     batch_size: int = field(default=32, metadata=_range(1, 4096))
-    crop_seconds: float = field(default=4.0, metadata=_range(0.1, 600.0))
+    crop_seconds: float = field(default=3.0, metadata=_range(0.1, 600.0))
     pad_mode: Literal["wrap", "constant"] = "wrap"
     balanced_sampling: bool = False
     optimizer: Literal["adamw", "adam"] = "adamw"
@@ -114,9 +114,12 @@ class TrainConfig:
 class AugmentConfig:
     """Training-time augmentation; each part is off when its strength is 0."""
 
-    mixup_alpha: float = field(default=0.4, metadata=_range(0.0))
+    mixup_alpha: float = field(default=0.0, metadata=_range(0.0))
     mixup_prob: float = field(default=0.5, metadata=_range(0.0, 1.0))
     mixup_targets: Literal["weighted", "or"] = "weighted"
+    # "db": mix the features as they are (the usual spectrogram mixup); "power": mix dB features as
+    # powers, i.e. as two sounds playing at once (log-mel only).
+    mixup_domain: Literal["db", "power"] = "db"
     time_masks: int = field(default=2, metadata=_range(0, 20))
     time_mask_frames: int = field(default=20, metadata=_range(0))
     freq_masks: int = field(default=2, metadata=_range(0, 20))
@@ -131,8 +134,8 @@ class PredictConfig:
 
     window_seconds: float | None = field(default=None, metadata=_range(0.1, 600.0))  # null = train.crop_seconds
     overlap: float = field(default=0.5, metadata=_range(0.0, 0.95))
-    aggregate: Literal["mean", "max"] = "mean"
-    tta_views: int = field(default=0, metadata=_range(0, 64))
+    aggregate: Literal["mean", "max"] = "max"
+    tta_views: int = field(default=2, metadata=_range(0, 64))
     tta_beta: float = field(default=0.4, metadata=_range(0.0, 1.0))  # weight of the clean view
     fold_mean: Literal["arithmetic", "geometric"] = "arithmetic"
     batch_size: int = field(default=64, metadata=_range(1, 65536))
@@ -180,6 +183,8 @@ def _check_cross_fields(cfg: Config) -> None:
         )
     if f.delta_width % 2 == 0:
         raise ConfigError(f"features.delta_width = {f.delta_width} must be odd")
+    if cfg.augment.mixup_domain == "power" and f.kind != "logmel":
+        raise ConfigError("augment.mixup_domain = power needs dB features (features.kind = logmel)")
     t = cfg.train
     if t.only_folds is not None:
         bad = [k for k in t.only_folds if not 0 <= k < t.folds]

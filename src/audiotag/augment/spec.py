@@ -91,11 +91,14 @@ class SpecAugment(_Transform):
 class Mixup(_Transform):
     """With probability ``prob``, mixes the batch with a shuffled copy of itself:
     ``x = lam * x + (1 - lam) * x[perm]``, ``lam ~ Beta(alpha, alpha)`` per clip. Targets are mixed
-    with the same weights (``weighted``) or united (``or``: a clip holds both sounds)."""
+    with the same weights (``weighted``) or united (``or``: a clip holds both sounds).
 
-    def __init__(self, *, alpha: float, prob: float, targets: str, seed: int):
+    ``domain="power"`` treats ``x`` as dB and mixes powers, ``10 log10(lam 10^(x/10) + ...)``: the
+    features of the two sounds played together, rather than an average of two pictures."""
+
+    def __init__(self, *, alpha: float, prob: float, targets: str, seed: int, domain: str = "db"):
         super().__init__(seed=seed)
-        self.alpha, self.prob, self.targets = alpha, prob, targets
+        self.alpha, self.prob, self.targets, self.domain = alpha, prob, targets, domain
 
     def sample(self, x):
         b = x.shape[0]
@@ -108,7 +111,13 @@ class Mixup(_Transform):
 
     def apply(self, x, y, params):
         lam, perm = params["lam"], params["perm"]
-        mixed_x = lam.to(x.dtype)[:, None, None, None] * x + (1 - lam.to(x.dtype))[:, None, None, None] * x[perm]
+        w = lam.to(x.dtype)[:, None, None, None]
+        if self.domain == "power":
+            power = torch.pow(10.0, x / 10)
+            mixed_x = 10 * torch.log10((w * power + (1 - w) * power[perm]).clamp_min(1e-10))
+            mixed_x = torch.where(w == 1, x, mixed_x)  # unmixed clips stay bit-identical
+        else:
+            mixed_x = w * x + (1 - w) * x[perm]
         if self.targets == "or":
             mixed_y = torch.where((lam < 1)[:, None], torch.maximum(y, y[perm]), y)
         else:
@@ -127,5 +136,6 @@ def build_transforms(cfg: AugmentConfig, *, seed: int) -> list[_Transform]:
         out.append(SpecAugment(time_masks=cfg.time_masks, time_mask_frames=cfg.time_mask_frames,
                                freq_masks=cfg.freq_masks, freq_mask_bins=cfg.freq_mask_bins, seed=seed * 10 + 3))
     if cfg.mixup_alpha > 0 and cfg.mixup_prob > 0:
-        out.append(Mixup(alpha=cfg.mixup_alpha, prob=cfg.mixup_prob, targets=cfg.mixup_targets, seed=seed * 10 + 4))
+        out.append(Mixup(alpha=cfg.mixup_alpha, prob=cfg.mixup_prob, targets=cfg.mixup_targets, seed=seed * 10 + 4,
+                         domain=cfg.mixup_domain))
     return out

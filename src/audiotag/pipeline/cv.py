@@ -137,17 +137,20 @@ def run_fold(k: int, *, run: Run, config: Config, ds: Dataset, features: Feature
     chosen = load_fold_model(run, k, config=config, device=device)
     spec = inference_spec(config)
     oof = predict_model(chosen, val_bank, spec, device=device, precision=precision)
-    test = None
+    test, test_s_per_clip = None, None
     if test_clips:
+        start = time.perf_counter()
         test = predict_model(chosen, ClipBank.from_features(features, test_clips), spec, device=device,
                              precision=precision)
+        test_s_per_clip = (time.perf_counter() - start) / len(test_clips)
         fsutil.save_npy(folder / "test.npy", test)
     fsutil.save_npy(folder / "oof.npy", oof)
     best = max(trainer.history, key=lambda r: r["val_lwlrap"])
     summary = {"fold": k, "val_lwlrap": lwlrap(val_bank.targets, oof), "epochs": trainer.epoch,
                "best_epoch": best["epoch"], "best_epoch_val_lwlrap": best["val_lwlrap"],
                "checkpoint": config.train.checkpoint, "n_train": len(train_bank), "n_val": len(val_bank),
-               "train_seconds": sum(r["seconds"] for r in trainer.history), "session_seconds": train_s}
+               "train_seconds": sum(r["seconds"] for r in trainer.history), "session_seconds": train_s,
+               "tta_views": spec.views, "test_seconds_per_clip": test_s_per_clip}
     fsutil.write_text(folder / "done.json", json.dumps(summary, indent=2))  # last: marks the fold complete
     run.log(f"fold {k}: val lwlrap {summary['val_lwlrap']:.4f} ({config.train.checkpoint} checkpoint, epoch "
             f"{best['epoch'] if config.train.checkpoint == 'best' else trainer.epoch})")
@@ -184,6 +187,11 @@ def assemble(*, run: Run, config: Config, ds: Dataset, folds: Folds, train_clips
         "train_seconds": float(sum(r.summary["train_seconds"] for r in results)),
         "epochs": [r.summary["epochs"] for r in results], "best_epochs": [r.summary["best_epoch"] for r in results],
     }
+    per_clip = [r.summary.get("test_seconds_per_clip") for r in results]
+    if all(v is not None for v in per_clip):
+        # what predicting one test clip with the whole fold ensemble costs, TTA included
+        scores["test_inference_ms_per_clip"] = 1000 * float(sum(per_clip))
+        scores["tta_views"] = results[0].summary.get("tta_views", 0)
     tests = [r.test for r in results if r.test is not None]
     if tests:
         test = average_folds(tests, config.predict.fold_mean)

@@ -101,8 +101,10 @@ class CropSampler:
 def window_starts(n_frames: int, window: int, hop: int, *, offset: int = 0) -> list[int]:
     """Start frames of sliding windows covering ``n_frames``: every ``hop`` from ``offset``, and the
     last window aligned to the end so no frame is left out. A short clip gets one window."""
-    if n_frames <= window:
+    if n_frames < window:  # padded to the window: an offset moves where the wrap begins
         return [offset % max(n_frames, 1)] if offset else [0]
+    if n_frames == window:
+        return [0]
     last = n_frames - window
     starts = list(range(offset % hop if offset else 0, last + 1, hop))
     if not starts or starts[-1] != last:

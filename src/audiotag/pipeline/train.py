@@ -72,8 +72,13 @@ def _execute(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, progr
     run.log(f"{len(train_clips)} training clips in {folds.n_folds} folds ({folds.source}), {len(test_clips)} test clips; "
             f"{config.model.name} on {device} ({precision}, {torch.get_num_threads()} threads)")
     start = time.perf_counter()
-    scores = run_cv(run=run, config=config, ds=ds, features=features, folds=folds, train_clips=train_clips,
-                    test_clips=test_clips, device=device, precision=precision)
+    try:
+        scores = run_cv(run=run, config=config, ds=ds, features=features, folds=folds, train_clips=train_clips,
+                        test_clips=test_clips, device=device, precision=precision)
+    except KeyboardInterrupt:
+        run.update_info(status="interrupted")
+        run.log(f"interrupted; continue with: audiotag train --resume {run.dir}")
+        raise
     plot_training_curves(run.dir, run.dir / "training_curves.png")
     run.update_info(status="done", wall_seconds=run.info.get("wall_seconds", 0) + time.perf_counter() - start)
     text = f"OOF lwlrap {scores['oof_lwlrap']:.4f} (folds {scores['fold_lwlrap_mean']:.4f} ± {scores['fold_lwlrap_std']:.4f})"
