@@ -207,6 +207,24 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    from .pipeline.ensemble import DEFAULT_BLENDS, ensemble_runs
+
+    blends = tuple(b.strip() for b in args.blends.split(",") if b.strip()) if args.blends else DEFAULT_BLENDS
+    summary = ensemble_runs(args.runs, out=args.out, blends=blends, prune_threshold=args.prune,
+                            progress=not args.quiet)
+    best = summary["best_member"]
+    print(f"kept {len(summary['kept'])} of {len(summary['members'])} runs: {', '.join(summary['kept'])}")
+    print(f"best single run {best['model']}: OOF lwlrap {best['oof_lwlrap']:.4f}"
+          + (f", test {best['test_lwlrap']:.4f}" if "test_lwlrap" in best else ""))
+    for row in summary["blends"]:
+        print(f"  {row['blend']:15s} nested OOF {row['nested_oof_lwlrap']:.4f}"
+              + (f"  test {row['test_lwlrap']:.4f}" if "test_lwlrap" in row else "")
+              + (f"  {row['weights']}" if row["weights"] else ""))
+    print(f"chosen: {summary['chosen']}; wrote {summary['submission']} and the report {Path(args.out) / 'blends.md'}")
+    return 0
+
+
 def cmd_tag(args) -> int:
     from .pipeline.submit import tag_files
 
@@ -362,6 +380,23 @@ def build_parser() -> argparse.ArgumentParser:
              "audiotag runs\naudiotag runs experiments/")
     p.add_argument("root", nargs="?", default="runs", metavar="DIR", help="folder holding run folders (default: runs)")
     p.set_defaults(func=cmd_runs)
+
+    p = _sub(subs, "ensemble", "blend several finished runs: correlation, pruning, weighted blends, stacking",
+             "Align the runs' out-of-fold and test predictions by fname (runs must share clips, folds and labels), "
+             "report their Pearson correlation, drop members too correlated with a better one, and score every "
+             "blend by nested cross-validation on the runs' folds. The blend with the best nested OOF lwlrap "
+             "writes OUT/submission.csv; OUT/blends.md is the report.",
+             "audiotag ensemble runs/vgg runs/resnet runs/vgg-seed1 --out runs/ensemble\n"
+             "audiotag ensemble runs/* --out ens --blends mean,caruana,stack_logistic --prune 0.95")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the report and submission")
+    p.add_argument("--blends", metavar="LIST",
+                   help="comma-separated blends (default: all of mean, geometric, rank, weighted, caruana, "
+                        "stack_logistic, stack_mlp)")
+    p.add_argument("--prune", type=float, default=0.97, metavar="R",
+                   help="drop a run whose Pearson r with a better kept run exceeds R (default 0.97; 1 keeps all)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_ensemble)
 
     p = _sub(subs, "tag", "print the top tags of audio files",
              "Decode each file, compute its features and print the labels the run's fold models rate highest.",

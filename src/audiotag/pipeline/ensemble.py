@@ -1,0 +1,229 @@
+"""Ensembling finished runs: align their predictions, measure how alike they are, prune, blend.
+
+::
+
+    OUT/members.csv              each run's pooled OOF lwlrap (and test lwlrap), kept or pruned
+    OUT/correlation.csv          Pearson correlation over all clip x class scores
+    OUT/correlation_per_class.csv  the same per class, averaged over classes
+    OUT/correlation.png          heatmap of both
+    OUT/blends.csv, blends.md    each blend's nested OOF lwlrap (and test lwlrap)
+    OUT/ensemble.json            members, kept, chosen blend, its weights, settings
+    OUT/oof_predictions.csv      the chosen blend's nested OOF predictions
+    OUT/submission.csv           the chosen blend fitted on all OOF predictions, applied to the test set
+
+Fitted blends (weights, selection, stackers) are scored by nested CV over the runs' own folds, and
+the chosen blend is the one with the best *nested* OOF lwlrap; test labels never choose anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import fsutil
+from ..blend import BLENDERS, correlation, make_blender, nested_oof, prune
+from ..errors import AudiotagError, DataError
+from ..metrics import lwlrap
+from ..progress import progress_bar
+from .runs import Run, read_predictions, write_predictions
+
+DEFAULT_BLENDS = ("mean", "geometric", "rank", "weighted", "caruana", "stack_logistic", "stack_mlp")
+
+
+@dataclass
+class Member:
+    name: str
+    run: Run
+    vocabulary: list[str]
+    oof_fnames: list[str]
+    folds: dict[str, int]
+    oof: np.ndarray
+    test_fnames: list[str]
+    test: np.ndarray
+
+
+def _read_oof(path: Path) -> tuple[list[str], list[str], dict[str, int], np.ndarray]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [r for r in csv.reader(f) if r]
+    header, body = rows[0], rows[1:]
+    if header[:2] != ["fname", "fold"]:
+        raise DataError(f"{path}: expected columns fname, fold, <labels>; found {header[:3]}")
+    return ([r[0] for r in body], header[2:], {r[0]: int(r[1]) for r in body},
+            np.array([[float(v) for v in r[2:]] for r in body]))
+
+
+def load_member(run_dir: str | Path, name: str | None = None) -> Member:
+    run = Run.open(run_dir)
+    oof_path, test_path = run.dir / "oof_predictions.csv", run.dir / "test_predictions.csv"
+    for path in (oof_path, test_path):
+        if not path.is_file():
+            raise AudiotagError(f"{run.dir} has no {path.name}: it has not finished training",
+                                hint=f"finish it with `audiotag train --resume {run.dir}`")
+    fnames, vocabulary, folds, oof = _read_oof(oof_path)
+    test_fnames, test_vocabulary, test = read_predictions(test_path)
+    if test_vocabulary != vocabulary:
+        raise DataError(f"{run.dir}: oof_predictions.csv and test_predictions.csv have different label columns")
+    done = run.scores or {}
+    if done.get("folds_done") is not None and len(done["folds_done"]) < done.get("n_folds", 0):
+        raise AudiotagError(f"{run.dir} trained only folds {done['folds_done']} of {done['n_folds']}: its OOF "
+                            "predictions do not cover every clip", hint=f"finish it with `audiotag train --resume {run.dir}`")
+    return Member(name or run.dir.name, run, vocabulary, fnames, folds, oof, test_fnames, test)
+
+
+def check_aligned(members: list[Member]) -> None:
+    """Refuse members that cannot be blended clip by clip: different labels, clips or folds."""
+    first = members[0]
+    problems = []
+    for m in members[1:]:
+        if m.vocabulary != first.vocabulary:
+            same_set = sorted(m.vocabulary) == sorted(first.vocabulary)
+            problems.append(f"{m.name}: its labels {'are in a different order' if same_set else 'differ'} from {first.name}'s")
+            continue
+        if set(m.oof_fnames) != set(first.oof_fnames):
+            only_a, only_b = set(first.oof_fnames) - set(m.oof_fnames), set(m.oof_fnames) - set(first.oof_fnames)
+            problems.append(f"{m.name}: OOF clips differ from {first.name}'s ({len(only_a)} only in {first.name}, "
+                            f"{len(only_b)} only in {m.name}, e.g. {sorted(only_a | only_b)[:3]})")
+            continue
+        moved = [f for f in first.oof_fnames if m.folds[f] != first.folds[f]]
+        if moved:
+            problems.append(f"{m.name}: {len(moved)} clips are in different folds than in {first.name} "
+                            f"(e.g. {moved[:3]}); nested evaluation needs the same folds")
+        if set(m.test_fnames) != set(first.test_fnames):
+            problems.append(f"{m.name}: its test clips differ from {first.name}'s")
+    if problems:
+        raise DataError("these runs cannot be ensembled:\n  " + "\n  ".join(problems),
+                        hint="ensemble runs trained on the same dataset with the same seed and fold settings "
+                             "(train.folds, seed, use_dataset_folds)")
+
+
+def _stack(members: list[Member]) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+    """``(fnames, X_oof (n, M, K), test fnames, X_test)`` in the first member's row order."""
+    fnames, test_fnames = members[0].oof_fnames, members[0].test_fnames
+    oof = np.stack([m.oof[[m.oof_fnames.index(f) for f in fnames]] if m.oof_fnames != fnames else m.oof
+                    for m in members], axis=1)
+    test = np.stack([m.test[[m.test_fnames.index(f) for f in test_fnames]] if m.test_fnames != test_fnames else m.test
+                     for m in members], axis=1)
+    return fnames, oof, test_fnames, test
+
+
+def _truth(member: Member, fnames: list[str], test_fnames: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    ds = member.run.data.load(audio=False)
+    if list(ds.vocabulary) != member.vocabulary:
+        raise DataError(f"{member.name}: the dataset's labels are no longer the ones the run was trained on")
+    labels = {c.fname: c for c in ds.clips if c.split != "test"}
+    missing = [f for f in fnames if f not in labels]
+    if missing:
+        raise DataError(f"{len(missing)} OOF clips are not in the dataset any more (e.g. {missing[:3]})")
+    y = ds.label_matrix([labels[f] for f in fnames])
+    y_test = None
+    if ds.test_labelled:
+        tests = {c.fname: c for c in ds.split("test")}
+        if all(f in tests for f in test_fnames):
+            y_test = ds.label_matrix([tests[f] for f in test_fnames])
+    return y, y_test
+
+
+def _table(rows: list[dict], columns: list[str]) -> tuple[str, str]:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([[r.get(c, "") for c in columns] for r in rows])
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return out.getvalue(), "\n".join(md) + "\n"
+
+
+def _matrix_csv(names: list[str], matrix: np.ndarray) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["model", *names])
+    writer.writerows([[n, *(f"{v:.4f}" for v in row)] for n, row in zip(names, matrix)])
+    return out.getvalue()
+
+
+def ensemble_runs(run_dirs: list[str | Path], *, out: str | Path, blends: tuple[str, ...] = DEFAULT_BLENDS,
+                  prune_threshold: float = 0.97, progress: bool = True) -> dict:
+    """Blend finished runs into ``out`` (see the module docstring); returns the summary."""
+    if len(run_dirs) < 2:
+        raise AudiotagError("an ensemble needs at least two runs")
+    unknown = [b for b in blends if b not in BLENDERS]
+    if unknown:
+        raise AudiotagError(f"unknown blend(s) {unknown}", hint=f"choose from {', '.join(BLENDERS)}")
+    names = []
+    for d in run_dirs:
+        name = Path(d).name
+        names.append(name if name not in names else f"{name}-{len(names)}")
+    members = [load_member(d, name) for d, name in zip(run_dirs, names)]
+    check_aligned(members)
+    fnames, X, test_fnames, X_test = _stack(members)
+    y, y_test = _truth(members[0], fnames, test_fnames)
+    folds = np.array([members[0].folds[f] for f in fnames])
+    out = Path(out)
+
+    member_rows = []
+    for i, m in enumerate(members):
+        row = {"model": m.name, "oof_lwlrap": lwlrap(y, X[:, i])}
+        if y_test is not None:
+            row["test_lwlrap"] = lwlrap(y_test, X_test[:, i])
+        member_rows.append(row)
+    overall, per_class = correlation(X)
+    kept = prune([r["oof_lwlrap"] for r in member_rows], overall, prune_threshold)
+    for i, row in enumerate(member_rows):
+        better = [j for j in kept if j != i and member_rows[j]["oof_lwlrap"] >= row["oof_lwlrap"]]
+        row["kept"] = "yes" if i in kept else f"no (r={max(overall[i, j] for j in better):.3f} with " \
+                                              f"{members[max(better, key=lambda j: overall[i, j])].name})"
+    columns = ["model", "oof_lwlrap"] + (["test_lwlrap"] if y_test is not None else []) + ["kept"]
+    members_csv, members_md = _table(member_rows, columns)
+    fsutil.write_text(out / "members.csv", members_csv)
+    fsutil.write_text(out / "correlation.csv", _matrix_csv(names, overall))
+    fsutil.write_text(out / "correlation_per_class.csv", _matrix_csv(names, per_class))
+    from ..report.correlation import plot_correlation
+
+    plot_correlation(names, overall, per_class, out / "correlation.png")
+
+    Xk, Xk_test = X[:, kept], X_test[:, kept]
+    blend_rows, fitted = [], {}
+    for name in progress_bar(blends, desc="blends", unit="blend", enabled=progress):
+        start = time.perf_counter()
+        blender = make_blender(name)
+        oof = nested_oof(blender, Xk, y, folds)
+        final = make_blender(name).fit(Xk, y)
+        test = final.predict_proba(Xk_test)
+        row = {"blend": name, "nested_oof_lwlrap": lwlrap(y, oof)}
+        if y_test is not None:
+            row["test_lwlrap"] = lwlrap(y_test, test)
+        weights = getattr(final, "weights_", None)
+        row["weights"] = " ".join(f"{names[kept[j]]}={w:.2f}" for j, w in enumerate(weights) if w > 0) \
+            if weights is not None else ""
+        row["seconds"] = round(time.perf_counter() - start, 2)
+        blend_rows.append(row)
+        fitted[name] = (oof, test, weights)
+    chosen = max(blend_rows, key=lambda r: r["nested_oof_lwlrap"])["blend"]  # first wins ties: simpler blends first
+    columns = ["blend", "nested_oof_lwlrap"] + (["test_lwlrap"] if y_test is not None else []) + ["weights", "seconds"]
+    blends_csv, blends_md = _table(blend_rows, columns)
+    fsutil.write_text(out / "blends.csv", blends_csv)
+    oof, test, weights = fitted[chosen]
+    write_predictions(out / "oof_predictions.csv", fnames, tuple(members[0].vocabulary), oof,
+                      extra={"fold": folds.tolist()})
+    write_predictions(out / "submission.csv", test_fnames, tuple(members[0].vocabulary), test)
+    best_single = max(member_rows, key=lambda r: r["oof_lwlrap"])
+    summary = {
+        "members": [str(m.run.dir) for m in members], "kept": [names[j] for j in kept],
+        "prune_threshold": prune_threshold, "blends": blend_rows, "chosen": chosen,
+        "chosen_weights": None if weights is None else {names[kept[j]]: float(w) for j, w in enumerate(weights)},
+        "best_member": best_single, "submission": str(out / "submission.csv"),
+    }
+    fsutil.write_text(out / "ensemble.json", json.dumps(summary, indent=2))
+    report = [f"# Ensemble of {len(members)} runs", "", "## Members", "", members_md,
+              f"Pruned when Pearson r with a better kept member exceeds {prune_threshold}. "
+              "Correlation heatmap: `correlation.png`.", "", "## Blends (fitted ones scored by nested CV)", "",
+              blends_md, f"Chosen by nested OOF lwlrap: **{chosen}** → `submission.csv`.", ""]
+    fsutil.write_text(out / "blends.md", "\n".join(report))
+    return summary
