@@ -225,6 +225,33 @@ def cmd_ensemble(args) -> int:
     return 0
 
 
+def cmd_ablate(args) -> int:
+    from .pipeline.ablation import DEFAULT_STRATEGIES, ablate
+
+    strategies = tuple(x.strip() for x in args.strategies.split(",") if x.strip()) if args.strategies \
+        else DEFAULT_STRATEGIES
+    seeds = tuple(int(x) for x in args.seeds.split(","))
+    summary = ablate(_data_spec(args), _config(args), out=args.out, strategies=strategies, seeds=seeds,
+                     cache_dir=args.cache_dir, progress=not args.quiet)
+    print((Path(args.out) / "ablation.md").read_text(), end="")
+    print(f"table: {Path(args.out) / 'ablation.csv'}; {len(summary['runs'])} run folders under {args.out}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from .pipeline.audit import audit_run
+
+    data = _data_spec(args) if (args.data or args.csv) else None
+    summary = audit_run(args.run, data=data, out=args.out, cache_dir=args.cache_dir, progress=not args.quiet)
+    out = Path(args.out) if args.out else Path(args.run) / "audit"
+    print(f"{summary['noisy_clips']} noisy clips: estimated {summary['estimated_wrong_given_labels']:.1%} of given "
+          f"labels wrong, {summary['estimated_missing_true_labels']:.1%} of true labels missing")
+    if summary["models_saw_noisy_clips"]:
+        print("warning: this run trained on noisy clips; audit with a curated-only run for a fair estimate")
+    print(f"report: {out / 'audit.md'}; every clip, most suspicious first: {out / 'audit_clips.csv'}")
+    return 0
+
+
 def cmd_tag(args) -> int:
     from .pipeline.submit import tag_files
 
@@ -397,6 +424,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop a run whose Pearson r with a better kept run exceeds R (default 0.97; 1 keeps all)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_ensemble)
+
+    p = _sub(subs, "ablate", "compare noisy-set strategies on the same folds and seeds",
+             "Train each strategy (curated, joint, joint_smooth, joint_bootstrap, joint_lq, joint_drop, pretrain, "
+             "pseudo_agree, pseudo_relabel, pseudo_soft, mixmatch) for each seed as a normal run folder under OUT, then write "
+             "ablation.md/.csv: OOF lwlrap on curated clips, test lwlrap when the data has test labels, a paired "
+             "bootstrap interval of each strategy's gain over curated-only, minutes per run. Re-running continues "
+             "where it stopped.",
+             "audiotag ablate --data .bench/small --out runs/ablation --seeds 0,1 --set train.epochs=40\n"
+             "audiotag ablate --data data/fat2019 --out runs/abl --strategies curated,pretrain,pseudo_agree")
+    _add_data_args(p, option=True)
+    _add_config_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the runs and the table")
+    p.add_argument("--strategies", metavar="LIST", help="comma-separated (default: curated,joint,joint_lq,pretrain,"
+                                                         "pseudo_agree,mixmatch)")
+    p.add_argument("--seeds", default="0,1", metavar="LIST", help="comma-separated seeds (default: 0,1)")
+    p.add_argument("--cache-dir", metavar="DIR", help="feature cache folder")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_ablate)
+
+    p = _sub(subs, "audit", "estimate how noisy the noisy set's labels are, per class and per clip",
+             "Predict every noisy clip with the run's fold models (train the run on curated clips only, so "
+             "they never heard these clips), calibrate on its out-of-fold curated predictions, and estimate the "
+             "share of wrong given labels and of missing true labels, per class and overall. Lists the clips "
+             "most likely mislabelled. Writes audit.md, audit_clips.csv, audit_classes.csv and audit.png.",
+             "audiotag train --data data/fat2019 --out runs/curated\n"
+             "audiotag audit runs/curated            # report in runs/curated/audit/")
+    p.add_argument("run", metavar="RUN_DIR")
+    _add_data_args(p, option=True)
+    p.add_argument("--out", metavar="DIR", help="report folder (default: RUN_DIR/audit)")
+    p.add_argument("--cache-dir", metavar="DIR", help="feature cache folder (default: the run's)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_audit)
 
     p = _sub(subs, "tag", "print the top tags of audio files",
              "Decode each file, compute its features and print the labels the run's fold models rate highest.",

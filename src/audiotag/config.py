@@ -142,6 +142,45 @@ class PredictConfig:
 
 
 @dataclass
+class NoisyConfig:
+    """How the noisily-labelled set (``train_noisy``) is used; ``none`` trains on curated clips only."""
+
+    # joint: curated + noisy clips in every batch; pretrain: train on noisy clips once, then fine-tune
+    # each fold on curated; pseudo: noisy clips relabelled or selected by a curated-only teacher run;
+    # mixmatch: noisy clips as unlabelled data (MixMatch).
+    strategy: Literal["none", "joint", "pretrain", "pseudo", "mixmatch"] = "none"
+    batch_fraction: float = field(default=0.5, metadata=_range(0.0, 0.95))  # share of each batch from noisy clips
+    weight: float = field(default=0.5, metadata=_range(0.0, 10.0))  # loss weight of a noisy row (curated = 1)
+    # The loss of noisy rows (curated rows keep BCE): bce | smooth (label smoothing) | bootstrap (soft
+    # bootstrapping) | lq (generalised cross-entropy) | drop (leave out the highest-loss noisy rows).
+    loss: Literal["bce", "smooth", "bootstrap", "lq", "drop"] = "bce"
+    smoothing: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    bootstrap_beta: float = field(default=0.8, metadata=_range(0.0, 1.0))
+    lq_q: float = field(default=0.7, metadata=_range(0.0, 1.0, lo_open=True))
+    drop_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9))
+    max_clips: int | None = field(default=None, metadata=_range(1))  # use at most this many noisy clips
+    # pretrain: epochs on the noisy set (shared by all folds); fine-tuning then runs train.epochs at
+    # train.lr * finetune_lr_scale.
+    pretrain_epochs: int = field(default=30, metadata=_range(1, 10000))
+    finetune_lr_scale: float = field(default=0.5, metadata=_range(0.0, 10.0, lo_open=True))
+    # pseudo: a finished curated-only run whose fold models never saw the noisy clips.
+    teacher: str | None = None
+    # keep: agree (teacher's probability of a given label >= threshold; keeps only those labels),
+    # relabel (labels = teacher's probabilities >= threshold), soft (targets = blend of given labels
+    # and teacher's probabilities, every clip kept)
+    pseudo_rule: Literal["agree", "relabel", "soft"] = "agree"
+    pseudo_threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    soft_alpha: float = field(default=0.5, metadata=_range(0.0, 1.0))  # soft: weight of the given labels
+    # mixmatch: augmented views per unlabelled crop, sharpening temperature, Beta(alpha, alpha)
+    # mixup, weight of the unlabelled loss and the epochs over which it ramps up from 0.
+    mixmatch_k: int = field(default=2, metadata=_range(1, 16))
+    mixmatch_temperature: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
+    mixmatch_alpha: float = field(default=0.75, metadata=_range(0.0))
+    mixmatch_weight: float = field(default=1.0, metadata=_range(0.0, 1000.0))
+    mixmatch_ramp_epochs: int = field(default=10, metadata=_range(0, 10000))
+
+
+@dataclass
 class Config:
     seed: int = field(default=0, metadata=_range(0))
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -151,6 +190,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    noisy: NoisyConfig = field(default_factory=NoisyConfig)
 
     def validate(self) -> "Config":
         _check_cross_fields(self)
@@ -185,6 +225,11 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError(f"features.delta_width = {f.delta_width} must be odd")
     if cfg.augment.mixup_domain == "power" and f.kind != "logmel":
         raise ConfigError("augment.mixup_domain = power needs dB features (features.kind = logmel)")
+    n = cfg.noisy
+    if n.strategy == "pseudo" and not n.teacher:
+        raise ConfigError("noisy.strategy = pseudo needs noisy.teacher: a finished curated-only run folder",
+                          hint="train one first (audiotag train --data DATA --out runs/teacher), then "
+                               "--set noisy.teacher=runs/teacher")
     t = cfg.train
     if t.only_folds is not None:
         bad = [k for k in t.only_folds if not 0 <= k < t.folds]

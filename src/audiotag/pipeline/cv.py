@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,11 +23,13 @@ from ..data.folds import Folds
 from ..data.records import Clip, Dataset
 from ..engine.callbacks import Checkpointer, EarlyStopping, History
 from ..engine.checkpoint import load_checkpoint
+from ..engine.mixmatch import MixMatchTrainer
 from ..engine.trainer import Trainer, lr_lambda
 from ..features.cache import FeatureSet
 from ..metrics import lwlrap
 from ..models import build_model
 from .inputs import ClipBank, CropSampler
+from .noisy import NoisyPlan, noisy_loss, training_bank
 from .predict import InferenceSpec, average_folds, predict_model
 from .runs import Run, write_predictions
 
@@ -85,8 +88,82 @@ def load_fold_model(run: Run, k: int, *, config: Config, device: torch.device, w
     return model.eval()
 
 
+def _fit(folder, *, model: torch.nn.Module, sampler: CropSampler, val_bank: ClipBank, config: Config, epochs: int,
+         lr: float, loss_fn, meta: dict, run: Run, prefix: str, stream: int, device: torch.device,
+         precision: str, mixmatch: bool = False) -> Trainer:
+    """Train ``model`` for ``epochs`` in ``folder`` (continuing from its last.pt when there is one),
+    validating on ``val_bank`` every epoch."""
+    t = config.train
+    opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(model.parameters(), lr=lr, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(t.schedule, total_steps=epochs * sampler.batches_per_epoch,
+                             warmup_fraction=t.warmup_fraction))
+    clean = inference_spec(config, views=0)
+
+    def evaluate() -> dict:
+        return {"val_lwlrap": lwlrap(val_bank.targets, predict_model(model, val_bank, clean, device=device,
+                                                                      precision=precision))}
+
+    callbacks = [Checkpointer(folder, meta=meta),
+                 History(folder / "history.csv", log=run.log, prefix=prefix, total_epochs=epochs)]
+    if t.early_stopping_patience:
+        callbacks.append(EarlyStopping(patience=t.early_stopping_patience))
+    common = dict(optimizer=optimizer, scheduler=scheduler, device=device, precision=precision,
+                  transforms=build_transforms(config.augment, seed=config.seed * 1000 + stream),
+                  grad_clip=t.grad_clip, callbacks=callbacks, loss_fn=loss_fn)
+    if mixmatch:
+        n = config.noisy
+        trainer = MixMatchTrainer(model, k=n.mixmatch_k, temperature=n.mixmatch_temperature, alpha=n.mixmatch_alpha,
+                                  weight=n.mixmatch_weight, ramp_epochs=n.mixmatch_ramp_epochs,
+                                  seed=config.seed * 1000 + stream + 500, **common)
+    else:
+        trainer = Trainer(model, **common)
+    if (folder / "last.pt").exists():
+        trainer.load_state_dict(load_checkpoint(folder / "last.pt")["trainer"])
+        run.log(f"{prefix.strip()}: resuming after epoch {trainer.epoch}")
+    trainer.fit(epochs=epochs, batches_for=sampler.epoch, evaluate=evaluate)
+    return trainer
+
+
+PRETRAIN_STREAM = 999  # the pretraining model's seed stream, apart from every fold's
+
+
+def pretrain_on_noisy(*, run: Run, config: Config, ds: Dataset, features: FeatureSet, plan: NoisyPlan,
+                      train_clips: list[Clip], device: torch.device, precision: str) -> Path:
+    """Train one model on the noisy clips (``RUN/pretrain``); its last weights start every fold.
+
+    Validation lwlrap on all curated clips is reported (how a noisy-only model does on clean data)
+    but chooses nothing, so no fold's validation clips influence the starting point."""
+    folder = run.dir / "pretrain"
+    weights = folder / "last.pt"
+    if (folder / "done.json").exists():
+        return weights
+    n = config.noisy
+    bank = ClipBank.from_features(features, plan.clips, np.concatenate(
+        [plan.given, np.ones((len(plan.clips), 1), np.float32)], axis=1))
+    curated = ClipBank.from_features(features, train_clips, ds.label_matrix(train_clips))
+    sampler = CropSampler(bank, crop_frames=crop_frames(config), batch_size=config.train.batch_size,
+                          seed=config.seed, stream=PRETRAIN_STREAM, pad_mode=config.train.pad_mode)
+    torch.manual_seed(config.seed * 1000 + PRETRAIN_STREAM)
+    model = new_model(config, channels=bank.channels, bands=bank.bands, n_classes=len(ds.vocabulary), device=device)
+    run.log(f"pretraining on {len(bank)} noisy clips for {n.pretrain_epochs} epochs (loss {n.loss})")
+    meta = {"fold": "pretrain", "config": config.to_dict(), "vocabulary": list(ds.vocabulary),
+            "channels": bank.channels, "bands": bank.bands}
+    trainer = _fit(folder, model=model, sampler=sampler, val_bank=curated, config=config, epochs=n.pretrain_epochs,
+                   lr=config.train.lr, loss_fn=noisy_loss(n), meta=meta, run=run, prefix="pretrain  ",
+                   stream=PRETRAIN_STREAM, device=device, precision=precision)
+    summary = {"epochs": trainer.epoch, "noisy_clips": len(bank),
+               "curated_lwlrap": trainer.history[-1]["val_lwlrap"],
+               "train_seconds": sum(r["seconds"] for r in trainer.history)}
+    fsutil.write_text(folder / "done.json", json.dumps(summary, indent=2))
+    run.log(f"pretraining done: lwlrap {summary['curated_lwlrap']:.4f} on all curated clips")
+    return weights
+
+
 def run_fold(k: int, *, run: Run, config: Config, ds: Dataset, features: FeatureSet, folds: Folds,
-             train_clips: list[Clip], test_clips: list[Clip], device: torch.device, precision: str) -> FoldResult:
+             train_clips: list[Clip], test_clips: list[Clip], device: torch.device, precision: str,
+             plan: NoisyPlan | None = None, pretrained: Path | None = None) -> FoldResult:
     folder = run.fold_dir(k)
     train_idx, val_idx = folds.indices(train_clips, k)
     finished = _load_done(folder, val_idx)
@@ -95,43 +172,33 @@ def run_fold(k: int, *, run: Run, config: Config, ds: Dataset, features: Feature
         return finished
     t = config.train
     targets = ds.label_matrix(train_clips)
-    train_bank = ClipBank.from_features(features, [train_clips[i] for i in train_idx], targets[train_idx])
+    part = plan.part(k) if plan is not None else None
+    train_bank, noisy_mask = training_bank(features, [train_clips[i] for i in train_idx], targets[train_idx], part)
     val_bank = ClipBank.from_features(features, [train_clips[i] for i in val_idx], targets[val_idx])
     sampler = CropSampler(train_bank, crop_frames=crop_frames(config), batch_size=t.batch_size, seed=config.seed,
-                          stream=k, pad_mode=t.pad_mode, balanced=t.balanced_sampling)
+                          stream=k, pad_mode=t.pad_mode, balanced=t.balanced_sampling, noisy=noisy_mask,
+                          noisy_fraction=config.noisy.batch_fraction if noisy_mask is not None else 0.0)
 
     torch.manual_seed(config.seed * 1000 + k)
     model = new_model(config, channels=train_bank.channels, bands=train_bank.bands, n_classes=len(ds.vocabulary),
                       device=device)
-    opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    total_steps = t.epochs * sampler.batches_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(t.schedule, total_steps=total_steps, warmup_fraction=t.warmup_fraction))
-    clean = inference_spec(config, views=0)
-    last_val: dict[str, np.ndarray] = {}
-
-    def evaluate() -> dict:
-        probs = predict_model(model, val_bank, clean, device=device, precision=precision)
-        last_val["probs"] = probs
-        return {"val_lwlrap": lwlrap(val_bank.targets, probs)}
-
+    lr = t.lr
+    if pretrained is not None:
+        model.load_state_dict(load_checkpoint(pretrained)["trainer"]["model"])
+        lr = t.lr * config.noisy.finetune_lr_scale
     meta = {"fold": k, "config": config.to_dict(), "vocabulary": list(ds.vocabulary), "channels": train_bank.channels,
             "bands": train_bank.bands}
-    callbacks = [Checkpointer(folder, meta=meta),
-                 History(folder / "history.csv", log=run.log, prefix=f"fold {k}  ", total_epochs=t.epochs)]
-    if t.early_stopping_patience:
-        callbacks.append(EarlyStopping(patience=t.early_stopping_patience))
-    trainer = Trainer(model, optimizer=optimizer, scheduler=scheduler, device=device, precision=precision,
-                      transforms=build_transforms(config.augment, seed=config.seed * 1000 + k),
-                      grad_clip=t.grad_clip, callbacks=callbacks)
-    if (folder / "last.pt").exists():
-        trainer.load_state_dict(load_checkpoint(folder / "last.pt")["trainer"])
-        run.log(f"fold {k}: resuming after epoch {trainer.epoch}")
-    else:
-        run.log(f"fold {k}: training on {len(train_bank)} clips, validating on {len(val_bank)}")
+    if not (folder / "last.pt").exists():
+        extra = f" + {len(part.clips)} noisy" if part is not None else ""
+        extra += " (unlabelled)" if config.noisy.strategy == "mixmatch" else ""
+        start_from = " from the pretrained model" if pretrained is not None else ""
+        run.log(f"fold {k}: training on {int((noisy_mask == 0).sum()) if noisy_mask is not None else len(train_bank)}"
+                f" curated{extra} clips{start_from}, validating on {len(val_bank)}")
+    loss_fn = noisy_loss(config.noisy) if noisy_mask is not None else torch.nn.functional.binary_cross_entropy_with_logits
     start = time.perf_counter()
-    trainer.fit(epochs=t.epochs, batches_for=sampler.epoch, evaluate=evaluate)
+    trainer = _fit(folder, model=model, sampler=sampler, val_bank=val_bank, config=config, epochs=t.epochs, lr=lr,
+                   loss_fn=loss_fn, meta=meta, run=run, prefix=f"fold {k}  ", stream=k, device=device,
+                   precision=precision, mixmatch=config.noisy.strategy == "mixmatch")
     train_s = time.perf_counter() - start  # this session's share (a resumed fold trained before too)
 
     chosen = load_fold_model(run, k, config=config, device=device)
@@ -161,8 +228,15 @@ def run_cv(*, run: Run, config: Config, ds: Dataset, features: FeatureSet, folds
            test_clips: list[Clip], device: torch.device, precision: str) -> dict:
     """Train the configured folds and write OOF/test predictions and scores; returns the scores."""
     todo = config.train.only_folds if config.train.only_folds is not None else range(folds.n_folds)
+    plan = pretrained = None
+    if config.noisy.strategy != "none":
+        plan = NoisyPlan(run=run, config=config, ds=ds, features=features, folds=folds, device=device)
+    if config.noisy.strategy == "pretrain":
+        pretrained = pretrain_on_noisy(run=run, config=config, ds=ds, features=features, plan=plan,
+                                       train_clips=train_clips, device=device, precision=precision)
     results = [run_fold(k, run=run, config=config, ds=ds, features=features, folds=folds, train_clips=train_clips,
-                        test_clips=test_clips, device=device, precision=precision) for k in todo]
+                        test_clips=test_clips, device=device, precision=precision, plan=plan, pretrained=pretrained)
+               for k in todo]
     return assemble(run=run, config=config, ds=ds, folds=folds, train_clips=train_clips, test_clips=test_clips,
                     results=results)
 

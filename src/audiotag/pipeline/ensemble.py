@@ -31,7 +31,7 @@ from ..blend import BLENDERS, correlation, make_blender, nested_oof, prune
 from ..errors import AudiotagError, DataError
 from ..metrics import lwlrap
 from ..progress import progress_bar
-from .runs import Run, read_predictions, write_predictions
+from .runs import Run, read_oof_predictions, read_predictions, write_predictions
 
 DEFAULT_BLENDS = ("mean", "geometric", "rank", "weighted", "caruana", "stack_logistic", "stack_mlp")
 
@@ -48,16 +48,6 @@ class Member:
     test: np.ndarray
 
 
-def _read_oof(path: Path) -> tuple[list[str], list[str], dict[str, int], np.ndarray]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if r]
-    header, body = rows[0], rows[1:]
-    if header[:2] != ["fname", "fold"]:
-        raise DataError(f"{path}: expected columns fname, fold, <labels>; found {header[:3]}")
-    return ([r[0] for r in body], header[2:], {r[0]: int(r[1]) for r in body},
-            np.array([[float(v) for v in r[2:]] for r in body]))
-
-
 def load_member(run_dir: str | Path, name: str | None = None) -> Member:
     run = Run.open(run_dir)
     oof_path, test_path = run.dir / "oof_predictions.csv", run.dir / "test_predictions.csv"
@@ -65,7 +55,7 @@ def load_member(run_dir: str | Path, name: str | None = None) -> Member:
         if not path.is_file():
             raise AudiotagError(f"{run.dir} has no {path.name}: it has not finished training",
                                 hint=f"finish it with `audiotag train --resume {run.dir}`")
-    fnames, vocabulary, folds, oof = _read_oof(oof_path)
+    fnames, vocabulary, folds, oof = read_oof_predictions(oof_path)
     test_fnames, test_vocabulary, test = read_predictions(test_path)
     if test_vocabulary != vocabulary:
         raise DataError(f"{run.dir}: oof_predictions.csv and test_predictions.csv have different label columns")

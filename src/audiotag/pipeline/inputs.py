@@ -68,6 +68,9 @@ def class_balanced_weights(targets: np.ndarray) -> np.ndarray:
 
 @dataclass
 class CropSampler:
+    """Batches of random crops. With ``noisy`` (a bool per clip) and ``noisy_fraction``, every batch
+    holds that share of noisy clips and the rest curated; an epoch is one pass over the curated ones."""
+
     bank: ClipBank
     crop_frames: int
     batch_size: int
@@ -75,22 +78,46 @@ class CropSampler:
     stream: int = 0  # e.g. the fold: different folds get different (but fixed) batch orders
     pad_mode: str = "wrap"
     balanced: bool = False
+    noisy: np.ndarray | None = None
+    noisy_fraction: float = 0.0
+
+    def __post_init__(self):
+        mask = np.zeros(len(self.bank), bool) if self.noisy is None else np.asarray(self.noisy, bool)
+        self._noisy_idx, self._curated_idx = np.flatnonzero(mask), np.flatnonzero(~mask)
+        mixing = self.noisy_fraction > 0 and len(self._noisy_idx) and len(self._curated_idx)
+        self._per_batch_noisy = max(1, int(round(self.batch_size * self.noisy_fraction))) if mixing else 0
+        if self._per_batch_noisy >= self.batch_size:
+            self._per_batch_noisy = self.batch_size - 1
 
     @property
     def batches_per_epoch(self) -> int:
+        if self._per_batch_noisy:
+            return max(1, len(self._curated_idx) // (self.batch_size - self._per_batch_noisy))
         return max(1, len(self.bank) // self.batch_size)
+
+    def _order(self, rng: np.random.Generator, idx: np.ndarray) -> np.ndarray:
+        if self.balanced:
+            return rng.choice(idx, size=len(idx), replace=True, p=class_balanced_weights(self.bank.targets[idx]))
+        return rng.permutation(idx)
+
+    def _batches(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        if not self._per_batch_noisy:
+            order, size = self._order(rng, np.arange(len(self.bank))), min(self.batch_size, len(self.bank))
+            for b in range(self.batches_per_epoch):
+                yield order[b * size : (b + 1) * size]
+            return
+        n_cur = self.batch_size - self._per_batch_noisy
+        curated = self._order(rng, self._curated_idx)
+        need = self.batches_per_epoch * self._per_batch_noisy
+        noisy = np.concatenate([rng.permutation(self._noisy_idx) for _ in range(-(-need // len(self._noisy_idx)))])
+        for b in range(self.batches_per_epoch):
+            yield np.concatenate([curated[b * n_cur : (b + 1) * n_cur],
+                                  noisy[b * self._per_batch_noisy : (b + 1) * self._per_batch_noisy]])
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of one epoch: ``x (B, C, F, crop_frames)`` float32, ``y (B, K)`` float32."""
         rng = np.random.default_rng([self.seed, self.stream, epoch])
-        n = len(self.bank)
-        if self.balanced:
-            order = rng.choice(n, size=n, replace=True, p=class_balanced_weights(self.bank.targets))
-        else:
-            order = rng.permutation(n)
-        size = min(self.batch_size, n)
-        for b in range(self.batches_per_epoch):
-            idx = order[b * size : (b + 1) * size]
+        for idx in self._batches(rng):
             starts = [int(rng.integers(0, max(1, self.bank.lengths[i] - self.crop_frames + 1))) if
                       self.bank.lengths[i] >= self.crop_frames else int(rng.integers(0, self.bank.lengths[i]))
                       for i in idx]

@@ -33,7 +33,7 @@ from .. import __version__, fsutil
 from ..config import Config, config_from_dict
 from ..data.layouts import load_dataset
 from ..data.records import Dataset, Problem
-from ..errors import AudiotagError
+from ..errors import AudiotagError, DataError
 from ..features.cache import library_versions
 
 
@@ -79,6 +79,17 @@ def read_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray]:
         rows = list(csv.reader(f))
     header, body = rows[0], [r for r in rows[1:] if r]
     return [r[0] for r in body], header[1:], np.array([[float(v) for v in r[1:]] for r in body])
+
+
+def read_oof_predictions(path: Path) -> tuple[list[str], list[str], dict[str, int], np.ndarray]:
+    """(fnames, label columns, fname -> fold, probabilities) of a run's ``oof_predictions.csv``."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [r for r in csv.reader(f) if r]
+    header, body = rows[0], rows[1:]
+    if header[:2] != ["fname", "fold"]:
+        raise DataError(f"{path}: expected columns fname, fold, <labels>; found {header[:3]}")
+    return ([r[0] for r in body], header[2:], {r[0]: int(r[1]) for r in body},
+            np.array([[float(v) for v in r[2:]] for r in body]))
 
 
 class Run:

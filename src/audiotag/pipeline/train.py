@@ -30,7 +30,8 @@ def _threads(config: Config) -> None:
 
 def _prepare(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, progress: bool):
     ds = data.load()
-    splits = tuple(s for s in ("curated", "test") if ds.split(s))
+    wanted = ("curated", "noisy", "test") if config.noisy.strategy != "none" else ("curated", "test")
+    splits = tuple(s for s in wanted if ds.split(s))
     if not ds.split("curated"):
         raise AudiotagError(f"{data.root or data.csv}: no labelled training clips",
                             hint="training needs train_curated.csv (Kaggle layout), a labels CSV, or class folders")

@@ -1,0 +1,149 @@
+"""``audiotag ablate``: several noisy-set strategies on the same data, folds and seeds, one table.
+
+Each (strategy, seed) is an ordinary run folder ``OUT/<strategy>-s<seed>``; finished runs are
+reused and interrupted ones resumed, so the command can be re-run after a stop. Pseudo-labelling
+uses the curated-only run of the same seed as its teacher (same folds, never saw a noisy clip).
+
+The table reports, per strategy, the mean and spread over seeds of pooled OOF lwlrap on curated
+clips and of test lwlrap (when the data has test labels), and a bootstrap interval over test clips
+for its difference from curated-only (paired: the same resampled clips for both), so a difference
+inside the noise shows as such.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import fsutil
+from ..config import Config, config_from_dict
+from ..errors import AudiotagError
+from ..metrics import lwlrap
+from .runs import DataSpec, Run, read_predictions
+
+STRATEGIES: dict[str, dict[str, object]] = {
+    "curated": {"noisy.strategy": "none"},
+    "joint": {"noisy.strategy": "joint"},
+    "joint_smooth": {"noisy.strategy": "joint", "noisy.loss": "smooth"},
+    "joint_bootstrap": {"noisy.strategy": "joint", "noisy.loss": "bootstrap"},
+    "joint_lq": {"noisy.strategy": "joint", "noisy.loss": "lq"},
+    "joint_drop": {"noisy.strategy": "joint", "noisy.loss": "drop"},
+    "pretrain": {"noisy.strategy": "pretrain"},
+    "pseudo_agree": {"noisy.strategy": "pseudo", "noisy.pseudo_rule": "agree"},
+    "pseudo_relabel": {"noisy.strategy": "pseudo", "noisy.pseudo_rule": "relabel"},
+    "pseudo_soft": {"noisy.strategy": "pseudo", "noisy.pseudo_rule": "soft"},
+    "mixmatch": {"noisy.strategy": "mixmatch"},
+}
+DEFAULT_STRATEGIES = ("curated", "joint", "joint_lq", "pretrain", "pseudo_agree", "mixmatch")
+
+
+def _with(config: Config, changes: dict[str, object]) -> Config:
+    data = config.to_dict()
+    for key, value in changes.items():
+        section, name = key.split(".")
+        data[section][name] = value
+    return config_from_dict(data)
+
+
+def _test_truth(run: Run):
+    ds = run.data.load(audio=False)
+    if not ds.test_labelled:
+        return None
+    clips = ds.split("test")
+    return [c.fname for c in clips], ds.label_matrix(clips)
+
+
+def _bootstrap_diff(truth, a, b, *, n: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """90% interval of lwlrap(a) - lwlrap(b) over test clips resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n):
+        idx = rng.integers(0, len(truth), len(truth))
+        diffs.append(lwlrap(truth[idx], a[idx]) - lwlrap(truth[idx], b[idx]))
+    return float(np.percentile(diffs, 5)), float(np.percentile(diffs, 95))
+
+
+def ablate(data: DataSpec, base: Config, *, out: str | Path, strategies: tuple[str, ...] = DEFAULT_STRATEGIES,
+           seeds: tuple[int, ...] = (0, 1), cache_dir: str | Path | None = None, progress: bool = True) -> dict:
+    from .train import resume, train
+
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise AudiotagError(f"unknown strategy {unknown}", hint=f"choose from {', '.join(STRATEGIES)}")
+    needs_teacher = any(STRATEGIES[s]["noisy.strategy"] == "pseudo" for s in strategies)
+    order = list(dict.fromkeys((["curated"] if needs_teacher or "curated" in strategies else []) + list(strategies)))
+    out = Path(out)
+    runs: dict[tuple[str, int], Run] = {}
+    for seed in seeds:
+        for name in order:
+            folder = out / f"{name}-s{seed}"
+            changes = {**STRATEGIES[name], "seed": seed}
+            if STRATEGIES[name]["noisy.strategy"] == "pseudo":
+                changes["noisy.teacher"] = str(runs[("curated", seed)].dir.resolve())
+            config = _with(base, {k: v for k, v in changes.items() if k != "seed"})
+            config = config_from_dict({**config.to_dict(), "seed": seed})
+            if (folder / "run.json").exists():
+                run = Run.open(folder)
+                if run.info.get("status") != "done":
+                    run = resume(folder, progress=progress)
+            else:
+                run = train(data, config, out=folder, cache_dir=cache_dir, progress=progress)
+            runs[(name, seed)] = run
+    return write_table(runs, strategies=tuple(order), seeds=seeds, out=out)
+
+
+def write_table(runs: dict[tuple[str, int], Run], *, strategies: tuple[str, ...], seeds: tuple[int, ...],
+                out: Path) -> dict:
+    truth = _test_truth(next(iter(runs.values())))
+    preds = {}
+    if truth is not None:
+        for key, run in runs.items():
+            fnames, _, probs = read_predictions(run.dir / "test_predictions.csv")
+            index = {f: i for i, f in enumerate(fnames)}
+            preds[key] = probs[[index[f] for f in truth[0]]]
+    rows = []
+    for name in strategies:
+        scores = [runs[(name, s)].scores for s in seeds]
+        oof = [sc["oof_lwlrap"] for sc in scores]
+        minutes = [runs[(name, s)].info.get("wall_seconds", 0) / 60 for s in seeds]
+        row = {"strategy": name, "seeds": len(seeds), "oof_lwlrap": float(np.mean(oof)),
+               "oof_std": float(np.std(oof)), "minutes": float(np.mean(minutes))}
+        if truth is not None:
+            test = [lwlrap(truth[1], preds[(name, s)]) for s in seeds]
+            row.update(test_lwlrap=float(np.mean(test)), test_std=float(np.std(test)))
+            if name != "curated" and ("curated", seeds[0]) in runs:
+                # seed-averaged predictions of both, the same resampled clips for both
+                a = np.mean([preds[(name, s)] for s in seeds], axis=0)
+                b = np.mean([preds[("curated", s)] for s in seeds], axis=0)
+                lo, hi = _bootstrap_diff(truth[1], a, b)
+                row.update(test_vs_curated=float(lwlrap(truth[1], a) - lwlrap(truth[1], b)),
+                           diff_ci90_low=lo, diff_ci90_high=hi)
+        rows.append(row)
+    columns = ["strategy", "seeds", "oof_lwlrap", "oof_std"]
+    if truth is not None:
+        columns += ["test_lwlrap", "test_std", "test_vs_curated", "diff_ci90_low", "diff_ci90_high"]
+    columns += ["minutes"]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow([f"{r[c]:.4f}" if isinstance(r.get(c), float) else r.get(c, "") for c in columns])
+    fsutil.write_text(out / "ablation.csv", text.getvalue())
+    md = ["| strategy | OOF lwlrap (curated) | test lwlrap | test vs curated [90% CI] | minutes/run |", "|---|---|---|---|---|"]
+    for r in rows:
+        test = f"{r['test_lwlrap']:.4f} ± {r['test_std']:.4f}" if "test_lwlrap" in r else "-"
+        diff = (f"{r['test_vs_curated']:+.4f} [{r['diff_ci90_low']:+.4f}, {r['diff_ci90_high']:+.4f}]"
+                if "test_vs_curated" in r else "-")
+        md.append(f"| {r['strategy']} | {r['oof_lwlrap']:.4f} ± {r['oof_std']:.4f} | {test} | {diff} | {r['minutes']:.1f} |")
+    md += ["", f"Seeds: {', '.join(map(str, seeds))} (± is the std over seeds). The interval is a paired bootstrap "
+           "over test clips of the seed-averaged predictions.", ""]
+    fsutil.write_text(out / "ablation.md", "\n".join(md))
+    summary = {"rows": rows, "runs": {f"{k[0]}-s{k[1]}": str(v.dir) for k, v in runs.items()},
+               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    fsutil.write_text(out / "ablation.json", json.dumps(summary, indent=2))
+    return summary

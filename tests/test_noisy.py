@@ -1,0 +1,223 @@
+"""The noisy-set strategies on the small demo dataset with a tiny model."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audiotag.config import NoisyConfig, load_config
+from audiotag.data.layouts import load_dataset
+from audiotag.errors import AudiotagError, ConfigError
+from audiotag.pipeline.inputs import ClipBank, CropSampler
+from audiotag.pipeline.noisy import select_pseudo
+from audiotag.pipeline.runs import DataSpec
+from audiotag.pipeline.train import train
+
+from test_train import TINY
+
+
+def tiny(*extra):
+    return load_config(None, TINY + list(extra))
+
+
+def train_tiny(data, out, cache, *extra):
+    return train(DataSpec(root=str(data)), tiny(*extra), out=out, cache_dir=cache, progress=False)
+
+
+def test_mixed_batches_hold_the_noisy_share_and_cover_the_curated_clips():
+    arrays = [np.full((1, 2, 10), i, np.float32) for i in range(30)]
+    targets = np.zeros((30, 3), np.float32)
+    noisy = np.r_[np.zeros(10, bool), np.ones(20, bool)]
+    sampler = CropSampler(ClipBank(arrays, targets), crop_frames=4, batch_size=4, seed=0, noisy=noisy,
+                          noisy_fraction=0.5)
+    assert sampler.batches_per_epoch == 5  # 10 curated clips, 2 per batch
+    seen = []
+    for x, _ in sampler.epoch(0):
+        ids = x[:, 0, 0, 0].long().tolist()
+        assert sum(i >= 10 for i in ids) == 2 and len(ids) == 4
+        seen += [i for i in ids if i < 10]
+    assert sorted(seen) == list(range(10))  # one pass over the curated clips
+    plain = CropSampler(ClipBank(arrays, targets), crop_frames=4, batch_size=4, seed=0)
+    assert plain.batches_per_epoch == 7
+
+
+def test_pseudo_rules():
+    given = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]], np.float32)
+    teacher = np.array([[0.9, 0.1, 0.8], [0.2, 0.3, 0.1], [0.6, 0.2, 0.1]])
+    cfg = NoisyConfig(pseudo_threshold=0.5)
+    kept, targets = select_pseudo(given, teacher, NoisyConfig(pseudo_rule="agree", pseudo_threshold=0.5))
+    assert kept.tolist() == [True, False, True]
+    np.testing.assert_array_equal(targets, [[1, 0, 0], [1, 0, 0]])  # clip 3 loses its unconfirmed label
+    kept, targets = select_pseudo(given, teacher, NoisyConfig(pseudo_rule="relabel", pseudo_threshold=0.5))
+    assert kept.tolist() == [True, False, True]
+    np.testing.assert_array_equal(targets, [[1, 0, 1], [1, 0, 0]])  # the teacher adds a label
+    kept, targets = select_pseudo(given, teacher, NoisyConfig(pseudo_rule="soft", soft_alpha=0.5))
+    assert kept.all()
+    np.testing.assert_allclose(targets, 0.5 * given + 0.5 * teacher)
+    assert cfg.strategy == "none"  # curated only unless asked
+
+
+def test_pseudo_needs_a_teacher():
+    with pytest.raises(ConfigError, match="noisy.teacher"):
+        tiny("noisy.strategy=pseudo")
+
+
+def test_joint_training_uses_the_noisy_clips(demo_data, tmp_path):
+    run = train_tiny(demo_data, tmp_path / "joint", tmp_path / "cache", "noisy.strategy=joint", "noisy.loss=lq")
+    log = (run.dir / "log.txt").read_text()
+    n_noisy = len(load_dataset(demo_data, audio=False).split("noisy"))
+    assert f"+ {n_noisy} noisy clips" in log
+    done = json.loads((run.dir / "fold_0" / "done.json").read_text())
+    folds = pd.read_csv(run.dir / "folds.csv")
+    assert done["n_train"] == (folds.fold != 0).sum() + n_noisy  # the other fold's curated clips + every noisy clip
+    assert 0 < run.scores["oof_lwlrap"] <= 1
+
+
+def test_pretrain_then_fine_tune(demo_data, tmp_path):
+    run = train_tiny(demo_data, tmp_path / "pre", tmp_path / "cache", "noisy.strategy=pretrain",
+                     "noisy.pretrain_epochs=2")
+    pre = json.loads((run.dir / "pretrain" / "done.json").read_text())
+    assert pre["epochs"] == 2 and 0 < pre["curated_lwlrap"] <= 1
+    assert "from the pretrained model" in (run.dir / "log.txt").read_text()
+    # fine-tuning starts from the pretrained weights: its first epoch differs from a cold start's
+    cold = train_tiny(demo_data, tmp_path / "cold", tmp_path / "cache")
+    first = lambda r: pd.read_csv(r.dir / "fold_0" / "history.csv").val_lwlrap[0]  # noqa: E731
+    assert first(run) != first(cold)
+
+
+def test_pseudo_labels_from_a_teacher_run(demo_data, tmp_path):
+    teacher = train_tiny(demo_data, tmp_path / "teacher", tmp_path / "cache")
+    student = train_tiny(demo_data, tmp_path / "student", tmp_path / "cache", "noisy.strategy=pseudo",
+                         f"noisy.teacher={teacher.dir}", "noisy.pseudo_rule=relabel", "noisy.pseudo_threshold=0.05")
+    summary = json.loads((student.dir / "pseudo" / "selection.json").read_text())
+    assert set(summary) == {"0", "1"}
+    n_noisy = len(load_dataset(demo_data, audio=False).split("noisy"))
+    for k in ("0", "1"):
+        assert summary[k]["noisy_clips"] == n_noisy and 0 < summary[k]["kept"] <= n_noisy
+        sel = pd.read_csv(student.dir / "pseudo" / f"selection_fold_{k}.csv", keep_default_na=False)
+        assert len(sel) == n_noisy and sel.kept.sum() == summary[k]["kept"]
+    # fold k's targets come from the teacher's fold-k model only
+    t0, t1 = (np.load(student.dir / "pseudo" / f"teacher_fold_{k}.npy") for k in (0, 1))
+    assert t0.shape == (n_noisy, 14) and not np.allclose(t0, t1)
+    # a teacher trained on other folds is refused
+    other = train_tiny(demo_data, tmp_path / "other", tmp_path / "cache", "seed=5")
+    with pytest.raises(AudiotagError, match="other folds"):
+        train_tiny(demo_data, tmp_path / "bad", tmp_path / "cache", "noisy.strategy=pseudo",
+                   f"noisy.teacher={other.dir}")
+
+
+def test_noise_estimate_recovers_a_known_wrong_label_rate():
+    from audiotag.pipeline.audit import estimate_noise
+
+    rng = np.random.default_rng(0)
+    k, n_cur, n_noisy, wrong = 10, 2000, 4000, 0.3
+
+    def labels(n):
+        y = np.zeros((n, k))
+        y[np.arange(n), rng.integers(0, k, n)] = 1
+        return y
+
+    def probs(truth):  # a model that hears true labels at ~0.7 and absent ones at ~0.05
+        return np.where(truth > 0, rng.beta(7, 3, truth.shape), rng.beta(1, 19, truth.shape))
+
+    cur = labels(n_cur)
+    true_noisy = labels(n_noisy)
+    given = true_noisy.copy()
+    flip = rng.random(n_noisy) < wrong  # these clips' label is replaced by another class
+    shifted = (true_noisy.argmax(1) + rng.integers(1, k, n_noisy)) % k
+    given[flip] = 0
+    given[np.flatnonzero(flip), shifted[flip]] = 1
+    est = estimate_noise(given, probs(true_noisy), cur, probs(cur))
+    assert est["wrong_given_labels"] == pytest.approx(wrong, abs=0.03)
+    # the true label of each flipped clip is missing from its given labels
+    assert est["missing_true_labels"] == pytest.approx(wrong, abs=0.03)
+    clean = estimate_noise(true_noisy, probs(true_noisy), cur, probs(cur))
+    assert clean["wrong_given_labels"] < 0.03
+
+
+def test_audit_of_a_curated_only_run(demo_data, tmp_path):
+    from audiotag.cli import main
+
+    teacher = train_tiny(demo_data, tmp_path / "teacher", tmp_path / "cache")
+    assert main(["audit", str(teacher.dir), "-q"]) == 0
+    out = teacher.dir / "audit"
+    summary = json.loads((out / "audit.json").read_text())
+    assert summary["noisy_clips"] == 28 and summary["fold_models"] == 2 and not summary["models_saw_noisy_clips"]
+    assert 0 <= summary["estimated_wrong_given_labels"] <= 1
+    clips = pd.read_csv(out / "audit_clips.csv", keep_default_na=False)
+    assert len(clips) == 28 and clips.best_given_prob.is_monotonic_increasing  # most suspicious first
+    classes = pd.read_csv(out / "audit_classes.csv")
+    assert len(classes) == 14 and classes.given.sum() == int(load_dataset(demo_data, audio=False)
+                                                              .label_matrix(load_dataset(demo_data, audio=False)
+                                                                            .split("noisy")).sum())
+    assert "Clips most likely mislabelled" in (out / "audit.md").read_text()
+    assert (out / "audit.png").stat().st_size > 5000
+
+
+def test_ablation_table_over_strategies_and_seeds(demo_data, tmp_path):
+    from audiotag.pipeline.ablation import ablate
+
+    out = tmp_path / "abl"
+    summary = ablate(DataSpec(root=str(demo_data)), tiny(), out=out, strategies=("joint_lq", "pseudo_soft"),
+                     seeds=(0, 1), cache_dir=tmp_path / "cache", progress=False)
+    table = pd.read_csv(out / "ablation.csv")
+    assert list(table.strategy) == ["curated", "joint_lq", "pseudo_soft"]  # the teacher is trained and listed
+    assert set(summary["runs"]) == {f"{s}-s{seed}" for s in table.strategy for seed in (0, 1)}
+    assert (table.seeds == 2).all() and (table.oof_std >= 0).all()
+    assert (table.diff_ci90_low[1:] <= table.test_vs_curated[1:]).all()
+    assert (table.test_vs_curated[1:] <= table.diff_ci90_high[1:]).all()
+    assert "curated-s1" in (out / "pseudo_soft-s1" / "config.yaml").read_text()
+    # a second call reuses every finished run
+    before = {p: p.stat().st_mtime for p in out.glob("*/scores.json")}
+    ablate(DataSpec(root=str(demo_data)), tiny(), out=out, strategies=("joint_lq", "pseudo_soft"), seeds=(0, 1),
+           cache_dir=tmp_path / "cache", progress=False)
+    assert before == {p: p.stat().st_mtime for p in out.glob("*/scores.json")}
+
+
+def test_sharpening():
+    import torch
+
+    from audiotag.engine.mixmatch import sharpen
+
+    p = torch.tensor([0.1, 0.5, 0.7, 0.99])
+    torch.testing.assert_close(sharpen(p, 1.0), p)
+    s = sharpen(p, 0.5)
+    assert s[1] == 0.5 and s[0] < 0.1 and s[2] > 0.7  # pushed away from 0.5, symmetric around it
+    torch.testing.assert_close(sharpen(1 - p, 0.5), 1 - s)
+    assert torch.allclose(sharpen(p, 0.01), torch.tensor([0.0, 0.5, 1.0, 1.0]), atol=1e-6)
+
+
+def test_mixmatch_unlabelled_loss_ramps_and_uses_no_noisy_labels(demo_data, tmp_path):
+    import torch
+
+    from audiotag.engine.mixmatch import MixMatchTrainer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 6, 3))
+    wrapped = type("M", (torch.nn.Module,), {"__init__": lambda s: (torch.nn.Module.__init__(s), setattr(s, "m", model))[0],
+                                             "forward": lambda s, x: {"logits": s.m(x)}})()
+    x = torch.randn(8, 2, 4, 6)
+    y = torch.cat([torch.randint(0, 2, (8, 3)).float(), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1.0])[:, None]], 1)
+
+    def loss_after_one_step(ramp_epochs, noisy_labels):
+        torch.manual_seed(0)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        yy = y.clone()
+        yy[4:, :3] = noisy_labels
+        opt = torch.optim.SGD(wrapped.parameters(), lr=0.0)
+        trainer = MixMatchTrainer(wrapped, optimizer=opt, scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                                  transforms=[], device=torch.device("cpu"), ramp_epochs=ramp_epochs, seed=1)
+        trainer.epoch = 1
+        loss = trainer.train_epoch([(x, yy)])
+        model.load_state_dict(state)
+        return loss
+
+    assert loss_after_one_step(0, 0.0) > loss_after_one_step(1000, 0.0)  # ramp ~0 early: less unlabelled loss
+    assert loss_after_one_step(0, 0.0) == pytest.approx(loss_after_one_step(0, 1.0))  # noisy labels unused
+
+
+def test_mixmatch_run(demo_data, tmp_path):
+    run = train_tiny(demo_data, tmp_path / "mm", tmp_path / "cache", "noisy.strategy=mixmatch", "noisy.mixmatch_k=2")
+    assert "noisy (unlabelled) clips" in (run.dir / "log.txt").read_text()
+    assert 0 < run.scores["oof_lwlrap"] <= 1
