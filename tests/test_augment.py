@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from audiotag.augment import Gain, Mixup, SpecAugment, TimeShift, build_transforms
+from audiotag.augment.spec import FreqShift, RandomEQ
 from audiotag.config import AugmentConfig
 
 
@@ -19,6 +20,8 @@ TRANSFORMS = {
     "gain": lambda s: Gain(max_db=6.0, seed=s),
     "masks": lambda s: SpecAugment(time_masks=2, time_mask_frames=10, freq_masks=2, freq_mask_bins=4, seed=s),
     "mixup": lambda s: Mixup(alpha=0.4, prob=1.0, targets="weighted", seed=s),
+    "eq": lambda s: RandomEQ(max_db=6.0, seed=s),
+    "freq_shift": lambda s: FreqShift(max_bins=3, seed=s),
 }
 
 
@@ -58,6 +61,29 @@ def test_gain_adds_a_bounded_constant_per_clip():
     out, _ = Gain(max_db=3.0, seed=0)(x, y)
     offset = (out - x).flatten(1)
     assert torch.allclose(offset, offset[:, :1].expand_as(offset)) and offset.abs().max() <= 3.0
+
+
+def test_eq_adds_a_smooth_bounded_curve_per_clip_constant_in_time():
+    x, y = batch()
+    out, _ = RandomEQ(max_db=6.0, seed=0)(x, y)
+    curve = out - x  # (B, 1, F, T)
+    torch.testing.assert_close(curve, curve[..., :1].expand_as(curve))  # the same in every frame
+    assert curve.abs().max() <= 6.0 * 1.5 / 2 + 1e-5  # three terms of at most max_db / 2
+    steps = curve[:, 0, 1:, 0] - curve[:, 0, :-1, 0]
+    assert steps.abs().max() < 6.0 / 16 * 4  # smooth: no jumps between neighbouring bands
+
+
+def test_freq_shift_moves_bands_and_repeats_the_edge():
+    x, y = batch()
+    t = FreqShift(max_bins=3, seed=0)
+    params = {"shift": torch.tensor([2, -1, 0, 3, -3, 1])}
+    out, _ = t.apply(x, y, params)
+    torch.testing.assert_close(out[0, :, 2:], x[0, :, :-2])
+    torch.testing.assert_close(out[0, :, 0], x[0, :, 0])
+    torch.testing.assert_close(out[0, :, 1], x[0, :, 0])
+    torch.testing.assert_close(out[1, :, :-1], x[1, :, 1:])
+    torch.testing.assert_close(out[2], x[2])
+    assert set(t.sample(torch.zeros(500, 1, 8, 2))["shift"].tolist()) == set(range(-3, 4))
 
 
 def test_masks_cover_spans_with_the_clip_mean():
@@ -108,5 +134,7 @@ def test_mixup_probability_zero_is_identity_and_config_switches_parts_off():
     assert torch.equal(mx, x) and torch.equal(my, y)
     off = AugmentConfig(mixup_alpha=0, time_masks=0, freq_masks=0, gain_db=0, time_shift=False)
     assert build_transforms(off, seed=0) == []
+    names = [type(t).__name__ for t in build_transforms(AugmentConfig(eq_db=3, freq_shift_bins=2), seed=0)]
+    assert names == ["TimeShift", "Gain", "RandomEQ", "FreqShift", "SpecAugment"]
     names = [type(t).__name__ for t in build_transforms(AugmentConfig(mixup_alpha=0.4), seed=0)]
     assert names == ["TimeShift", "Gain", "SpecAugment", "Mixup"]

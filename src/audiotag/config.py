@@ -125,6 +125,8 @@ class AugmentConfig:
     freq_masks: int = field(default=2, metadata=_range(0, 20))
     freq_mask_bins: int = field(default=8, metadata=_range(0))
     gain_db: float = field(default=6.0, metadata=_range(0.0, 60.0))  # random gain in +-dB
+    eq_db: float = field(default=0.0, metadata=_range(0.0, 60.0))  # random smooth EQ curve, about +-dB
+    freq_shift_bins: int = field(default=0, metadata=_range(0, 64))  # random shift along the bands
     time_shift: bool = True  # circular shift of each crop
 
 

@@ -88,6 +88,43 @@ class SpecAugment(_Transform):
         return torch.where(mask, fill, x), y
 
 
+class RandomEQ(_Transform):
+    """Adds a smooth random curve over the bands to each crop, up to about +-``max_db``: a random
+    tilt plus two slow cosines, as a different microphone, room or channel would colour the sound."""
+
+    def __init__(self, *, max_db: float, seed: int):
+        super().__init__(seed=seed)
+        self.max_db = max_db
+
+    def sample(self, x):
+        return {"coef": (self._uniform(x.shape[0], 3) * 2 - 1) * self.max_db / 2, "phase": self._uniform(x.shape[0], 2)}
+
+    def apply(self, x, y, params):
+        f = x.shape[2]
+        pos = torch.linspace(0, 1, f)[None, :]  # (1, F)
+        coef, phase = params["coef"], params["phase"] * 2 * torch.pi
+        curve = (coef[:, :1] * (2 * pos - 1) + coef[:, 1:2] * torch.cos(torch.pi * pos + phase[:, :1])
+                 + coef[:, 2:3] * torch.cos(2 * torch.pi * pos + phase[:, 1:2]))  # (B, F)
+        return x + curve.to(x.dtype)[:, None, :, None], y
+
+
+class FreqShift(_Transform):
+    """Moves each crop up or down by up to ``max_bins`` bands (a rough pitch change); the bands
+    shifted in repeat the edge band."""
+
+    def __init__(self, *, max_bins: int, seed: int):
+        super().__init__(seed=seed)
+        self.max_bins = max_bins
+
+    def sample(self, x):
+        return {"shift": (self._uniform(x.shape[0]) * (2 * self.max_bins + 1)).long() - self.max_bins}
+
+    def apply(self, x, y, params):
+        f = x.shape[2]
+        idx = (torch.arange(f)[None, :] - params["shift"][:, None]).clamp(0, f - 1)  # (B, F)
+        return x.gather(2, idx[:, None, :, None].expand_as(x)), y
+
+
 class Mixup(_Transform):
     """With probability ``prob``, mixes the batch with a shuffled copy of itself:
     ``x = lam * x + (1 - lam) * x[perm]``, ``lam ~ Beta(alpha, alpha)`` per clip. Targets are mixed
@@ -126,12 +163,16 @@ class Mixup(_Transform):
 
 
 def build_transforms(cfg: AugmentConfig, *, seed: int) -> list[_Transform]:
-    """The enabled transforms in application order: shift, gain, masks, mixup."""
+    """The enabled transforms in application order: shift, gain, EQ, band shift, masks, mixup."""
     out: list[_Transform] = []
     if cfg.time_shift:
         out.append(TimeShift(seed=seed * 10 + 1))
     if cfg.gain_db > 0:
         out.append(Gain(max_db=cfg.gain_db, seed=seed * 10 + 2))
+    if cfg.eq_db > 0:
+        out.append(RandomEQ(max_db=cfg.eq_db, seed=seed * 10 + 5))
+    if cfg.freq_shift_bins > 0:
+        out.append(FreqShift(max_bins=cfg.freq_shift_bins, seed=seed * 10 + 6))
     if (cfg.time_masks and cfg.time_mask_frames) or (cfg.freq_masks and cfg.freq_mask_bins):
         out.append(SpecAugment(time_masks=cfg.time_masks, time_mask_frames=cfg.time_mask_frames,
                                freq_masks=cfg.freq_masks, freq_mask_bins=cfg.freq_mask_bins, seed=seed * 10 + 3))
