@@ -45,7 +45,6 @@ def test_mixed_batches_hold_the_noisy_share_and_cover_the_curated_clips():
 def test_pseudo_rules():
     given = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]], np.float32)
     teacher = np.array([[0.9, 0.1, 0.8], [0.2, 0.3, 0.1], [0.6, 0.2, 0.1]])
-    cfg = NoisyConfig(pseudo_threshold=0.5)
     kept, targets = select_pseudo(given, teacher, NoisyConfig(pseudo_rule="agree", pseudo_threshold=0.5))
     assert kept.tolist() == [True, False, True]
     np.testing.assert_array_equal(targets, [[1, 0, 0], [1, 0, 0]])  # clip 3 loses its unconfirmed label
@@ -55,7 +54,6 @@ def test_pseudo_rules():
     kept, targets = select_pseudo(given, teacher, NoisyConfig(pseudo_rule="soft", soft_alpha=0.5))
     assert kept.all()
     np.testing.assert_allclose(targets, 0.5 * given + 0.5 * teacher)
-    assert cfg.strategy == "none"  # curated only unless asked
 
 
 def test_pseudo_needs_a_teacher():
@@ -76,11 +74,11 @@ def test_joint_training_uses_the_noisy_clips(demo_data, tmp_path):
 
 def test_pretrain_then_fine_tune(demo_data, tmp_path):
     run = train_tiny(demo_data, tmp_path / "pre", tmp_path / "cache", "noisy.strategy=pretrain",
-                     "noisy.pretrain_epochs=2")
+                     "noisy.pretrain_epochs=2", "noisy.finetune_lr_scale=1.0")
     pre = json.loads((run.dir / "pretrain" / "done.json").read_text())
     assert pre["epochs"] == 2 and 0 < pre["curated_lwlrap"] <= 1
     assert "from the pretrained model" in (run.dir / "log.txt").read_text()
-    # fine-tuning starts from the pretrained weights: its first epoch differs from a cold start's
+    # same seed, folds and learning rate: only the starting weights can make the first epoch differ
     cold = train_tiny(demo_data, tmp_path / "cold", tmp_path / "cache")
     first = lambda r: pd.read_csv(r.dir / "fold_0" / "history.csv").val_lwlrap[0]  # noqa: E731
     assert first(run) != first(cold)

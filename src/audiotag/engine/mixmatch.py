@@ -14,7 +14,6 @@ Rows are told apart by the source column that ends the targets (1 = noisy, unlab
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from ..augment.spec import Mixup
@@ -57,49 +56,35 @@ class MixMatchTrainer(Trainer):
         with autocast(self.device, self.precision):
             return self.model(x.to(self.device))["logits"].float()
 
-    def train_epoch(self, batches) -> float:
-        self.model.train()
-        total, count = 0.0, 0
-        for x, y in batches:
-            unlabelled = y[:, -1] > 0.5
-            xl, yl = x[~unlabelled], y[~unlabelled, :-1]
-            xu = x[unlabelled]
-            with torch.no_grad():
-                xl, yl = self._augment(xl, yl)
-                if len(xu):
-                    dummy = torch.zeros(len(xu), yl.shape[1])
-                    views = [self._augment(xu, dummy)[0] for _ in range(self.k)]
-                    guess = torch.stack([torch.sigmoid(self._logits(v)) for v in views]).mean(0).cpu()
-                    guess = sharpen(guess, self.temperature)
-                    xu_all, yu_all = torch.cat(views), guess.repeat(self.k, 1)
-                else:
-                    xu_all, yu_all = xu, torch.zeros(0, yl.shape[1])
-                x_all, y_all = torch.cat([xl, xu_all]), torch.cat([yl, yu_all])
-                n = len(x_all)
-                perm = torch.randperm(n, generator=self.generator)
-                lam = self._beta(n)
-                w = lam[:, None, None, None].to(x_all.dtype)
-                x_mix = w * x_all + (1 - w) * x_all[perm]
-                y_mix = lam[:, None] * y_all + (1 - lam[:, None]) * y_all[perm]
-            logits = self._logits(x_mix)
-            n_l = len(xl)
-            y_mix = y_mix.to(self.device)
-            loss = F.binary_cross_entropy_with_logits(logits[:n_l], y_mix[:n_l]) if n_l else logits.sum() * 0
-            if len(xu_all):
-                consistency = F.mse_loss(torch.sigmoid(logits[n_l:]), y_mix[n_l:])
-                loss = loss + self.weight * self.ramp() * consistency
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if self.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.step += 1
-            total += float(loss.detach()) * len(x)
-            count += len(x)
-        return total / max(count, 1)
+    def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        unlabelled = y[:, -1] > 0.5
+        xl, yl = x[~unlabelled], y[~unlabelled, :-1]
+        xu = x[unlabelled]
+        with torch.no_grad():
+            xl, yl = self._augment(xl, yl)
+            if len(xu):
+                dummy = torch.zeros(len(xu), yl.shape[1])
+                views = [self._augment(xu, dummy)[0] for _ in range(self.k)]
+                guess = torch.stack([torch.sigmoid(self._logits(v)) for v in views]).mean(0).cpu()
+                guess = sharpen(guess, self.temperature)
+                xu_all, yu_all = torch.cat(views), guess.repeat(self.k, 1)
+            else:
+                xu_all, yu_all = xu, torch.zeros(0, yl.shape[1])
+            x_all, y_all = torch.cat([xl, xu_all]), torch.cat([yl, yu_all])
+            n = len(x_all)
+            perm = torch.randperm(n, generator=self.generator)
+            lam = self._beta(n)
+            w = lam[:, None, None, None].to(x_all.dtype)
+            x_mix = w * x_all + (1 - w) * x_all[perm]
+            y_mix = lam[:, None] * y_all + (1 - lam[:, None]) * y_all[perm]
+        logits = self._logits(x_mix)
+        n_l = len(xl)
+        y_mix = y_mix.to(self.device)
+        loss = F.binary_cross_entropy_with_logits(logits[:n_l], y_mix[:n_l]) if n_l else logits.sum() * 0
+        if len(xu_all):
+            consistency = F.mse_loss(torch.sigmoid(logits[n_l:]), y_mix[n_l:])
+            loss = loss + self.weight * self.ramp() * consistency
+        return loss
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "mixmatch_generator": self.generator.get_state()}

@@ -70,13 +70,7 @@ class Trainer:
         self.model.train()
         total, count = 0.0, 0
         for x, y in batches:
-            with torch.no_grad():
-                for transform in self.transforms:
-                    x, y = transform(x, y)
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with autocast(self.device, self.precision):
-                logits = self.model(x)["logits"]
-            loss = self.loss_fn(logits.float(), y)
+            loss = self.batch_loss(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.grad_clip:
@@ -89,6 +83,16 @@ class Trainer:
             total += float(loss.detach()) * len(x)
             count += len(x)
         return total / max(count, 1)
+
+    def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of one batch (augmented here); subclasses change how a batch is learnt from."""
+        with torch.no_grad():
+            for transform in self.transforms:
+                x, y = transform(x, y)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with autocast(self.device, self.precision):
+            logits = self.model(x)["logits"]
+        return self.loss_fn(logits.float(), y)
 
     def fit(self, *, epochs: int, batches_for: Callable[[int], Iterable], evaluate: Callable[[], dict]) -> list[dict]:
         """Train until ``epochs`` are completed (counting those done before a resume) or a

@@ -90,7 +90,7 @@ def load_fold_model(run: Run, k: int, *, config: Config, device: torch.device, w
 
 def _fit(folder, *, model: torch.nn.Module, sampler: CropSampler, val_bank: ClipBank, config: Config, epochs: int,
          lr: float, loss_fn, meta: dict, run: Run, prefix: str, stream: int, device: torch.device,
-         precision: str, mixmatch: bool = False) -> Trainer:
+         precision: str, mixmatch: bool = False, early_stopping: bool = True) -> Trainer:
     """Train ``model`` for ``epochs`` in ``folder`` (continuing from its last.pt when there is one),
     validating on ``val_bank`` every epoch."""
     t = config.train
@@ -107,7 +107,7 @@ def _fit(folder, *, model: torch.nn.Module, sampler: CropSampler, val_bank: Clip
 
     callbacks = [Checkpointer(folder, meta=meta),
                  History(folder / "history.csv", log=run.log, prefix=prefix, total_epochs=epochs)]
-    if t.early_stopping_patience:
+    if t.early_stopping_patience and early_stopping:
         callbacks.append(EarlyStopping(patience=t.early_stopping_patience))
     common = dict(optimizer=optimizer, scheduler=scheduler, device=device, precision=precision,
                   transforms=build_transforms(config.augment, seed=config.seed * 1000 + stream),
@@ -152,7 +152,8 @@ def pretrain_on_noisy(*, run: Run, config: Config, ds: Dataset, features: Featur
             "channels": bank.channels, "bands": bank.bands}
     trainer = _fit(folder, model=model, sampler=sampler, val_bank=curated, config=config, epochs=n.pretrain_epochs,
                    lr=config.train.lr, loss_fn=noisy_loss(n), meta=meta, run=run, prefix="pretrain  ",
-                   stream=PRETRAIN_STREAM, device=device, precision=precision)
+                   stream=PRETRAIN_STREAM, device=device, precision=precision,
+                   early_stopping=False)  # stopping on curated lwlrap would let validation clips choose
     summary = {"epochs": trainer.epoch, "noisy_clips": len(bank),
                "curated_lwlrap": trainer.history[-1]["val_lwlrap"],
                "train_seconds": sum(r["seconds"] for r in trainer.history)}

@@ -95,10 +95,13 @@ def check_aligned(members: list[Member]) -> None:
 def _stack(members: list[Member]) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
     """``(fnames, X_oof (n, M, K), test fnames, X_test)`` in the first member's row order."""
     fnames, test_fnames = members[0].oof_fnames, members[0].test_fnames
-    oof = np.stack([m.oof[[m.oof_fnames.index(f) for f in fnames]] if m.oof_fnames != fnames else m.oof
-                    for m in members], axis=1)
-    test = np.stack([m.test[[m.test_fnames.index(f) for f in test_fnames]] if m.test_fnames != test_fnames else m.test
-                     for m in members], axis=1)
+
+    def rows(names: list[str], wanted: list[str]) -> list[int]:
+        index = {name: i for i, name in enumerate(names)}
+        return [index[name] for name in wanted]
+
+    oof = np.stack([m.oof[rows(m.oof_fnames, fnames)] for m in members], axis=1)
+    test = np.stack([m.test[rows(m.test_fnames, test_fnames)] for m in members], axis=1)
     return fnames, oof, test_fnames, test
 
 
