@@ -187,6 +187,8 @@ def test_training_benchmark_reports_rates(demo_data, tmp_path):
 
     report = tmp_path / "B.md"
     r = bench_training(demo_data, config=tiny(), cache_dir=tmp_path / "cache", steps=2, report=report, progress=False)
-    assert r["train_clips_per_s"] > 0 and r["inference_clips_per_s"] > r["tta_clips_per_s"] > 0
+    # Rates are timing-dependent, so only their presence and sign are checked, never their order.
+    assert min(r["train_clips_per_s"], r["inference_clips_per_s"], r["tta_clips_per_s"]) > 0
+    assert r["tta_views"] == (tiny().predict.tta_views or 4)
     text = report.read_text()
     assert "<!-- bench:training -->" in text and "TTA views" in text
