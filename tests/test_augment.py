@@ -138,3 +138,23 @@ def test_mixup_probability_zero_is_identity_and_config_switches_parts_off():
     assert names == ["TimeShift", "Gain", "RandomEQ", "FreqShift", "SpecAugment"]
     names = [type(t).__name__ for t in build_transforms(AugmentConfig(mixup_alpha=0.4), seed=0)]
     assert names == ["TimeShift", "Gain", "SpecAugment", "Mixup"]
+
+
+def test_gain_and_eq_move_only_the_db_channels_and_a_waveform_is_scaled():
+    x = torch.randn(4, 3, 16, 20)
+    channels = ["logmel", "mfcc", "cqt"]
+    for transform in (Gain(max_db=6.0, seed=0, db_channels=[c in ("logmel", "cqt") for c in channels]),
+                      RandomEQ(max_db=6.0, seed=0, db_channels=[c in ("logmel", "cqt") for c in channels])):
+        out, _ = transform(x, torch.zeros(4, 2))
+        assert torch.equal(out[:, 1], x[:, 1])
+        assert not torch.allclose(out[:, 0], x[:, 0]) and not torch.allclose(out[:, 2], x[:, 2])
+    wave = torch.randn(4, 1, 320, 10)
+    gain = Gain(max_db=6.0, seed=0, linear=True)
+    params = gain.sample(wave)
+    out, _ = gain.apply(wave, torch.zeros(4, 2), params)
+    torch.testing.assert_close(out, wave * 10 ** (params["db"][:, None, None, None] / 20))
+    names = [type(t).__name__ for t in build_transforms(AugmentConfig(eq_db=3.0, freq_shift_bins=2), seed=0,
+                                                       channels=["waveform"])]
+    assert "RandomEQ" not in names and "FreqShift" not in names
+    masks = [t for t in build_transforms(AugmentConfig(), seed=0, channels=["waveform"]) if isinstance(t, SpecAugment)]
+    assert masks and masks[0].freq_masks == 0  # bands of a framed waveform are samples, not frequencies

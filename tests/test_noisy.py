@@ -166,11 +166,34 @@ def test_ablation_table_over_strategies_and_seeds(demo_data, tmp_path):
     assert (table.diff_ci90_low[1:] <= table.test_vs_curated[1:]).all()
     assert (table.test_vs_curated[1:] <= table.diff_ci90_high[1:]).all()
     assert "curated-s1" in (out / "pseudo_soft-s1" / "config.yaml").read_text()
+    # correlation with the baseline's OOF predictions, averaged over seeds, aligned by fname
+    from audiotag.pipeline.runs import read_oof_predictions
+
+    def oof(name, seed):
+        f, _, _, p = read_oof_predictions(out / f"{name}-s{seed}" / "oof_predictions.csv")
+        return p[np.argsort(f)]
+
+    expected = np.mean([np.corrcoef(oof("joint_lq", s).ravel(), oof("curated", s).ravel())[0, 1] for s in (0, 1)])
+    assert table.oof_corr_baseline[1] == pytest.approx(expected, abs=1e-4)
+    assert np.isnan(table.oof_corr_baseline[0])
     # a second call reuses every finished run
     before = {p: p.stat().st_mtime for p in out.glob("*/scores.json")}
     ablate(DataSpec(root=str(demo_data)), tiny(), out=out, strategies=("joint_lq", "pseudo_soft"), seeds=(0, 1),
            cache_dir=tmp_path / "cache", progress=False)
     assert before == {p: p.stat().st_mtime for p in out.glob("*/scores.json")}
+
+
+def test_representation_variants_compare_against_the_first(demo_data, tmp_path):
+    from audiotag.pipeline.ablation import ablate
+
+    out = tmp_path / "abl"
+    ablate(DataSpec(root=str(demo_data)), tiny("train.epochs=1"), out=out, strategies=("logmel", "logmel_freqpos"),
+           seeds=(0,), cache_dir=tmp_path / "cache", progress=False)
+    table = pd.read_csv(out / "ablation.csv")
+    assert list(table.strategy) == ["logmel", "logmel_freqpos"]
+    assert -1 <= table.oof_corr_baseline[1] < 1  # different inputs, different predictions
+    assert "freqpos" in (out / "logmel_freqpos-s0" / "config.yaml").read_text()
+    assert "vs logmel" in (out / "ablation.md").read_text()
 
 
 def test_sharpening():

@@ -6,6 +6,7 @@ librosa per clip on the same files and settings (librosa is a dev dependency, im
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import platform
@@ -78,8 +79,9 @@ def bench_features(data: str | Path, *, config: Config | None = None, limit: int
     if limit:
         ds.clips = ds.clips[:limit]
     a, f = config.audio, config.features
-    if f.deltas or f.kind != "logmel":
-        raise AudiotagError("the librosa comparison covers plain log-mel; drop features.deltas for this benchmark")
+    if f.deltas or f.kind != "logmel" or f.channels != ["logmel"]:
+        raise AudiotagError("the librosa comparison covers plain log-mel",
+                            hint="drop features.deltas and extra channels here; `audiotag bench channels` times those")
 
     with tempfile.TemporaryDirectory(prefix="audiotag-bench-") as cache_dir:
         t0 = time.perf_counter()
@@ -169,6 +171,116 @@ clips/s. Largest |ΔdB| against librosa over bins within 80 dB of each clip's ma
     return result
 
 
+def bench_channels(data: str | Path, *, config: Config | None = None, limit: int | None = 200,
+                   report: str | Path | None = None, progress: bool = True, command: str | None = None) -> dict:
+    """Per-clip cost of every front-end channel against librosa's equivalent, on the same decoded
+    clips in the same run (one clip per call, one process, separate passes per library)."""
+    try:
+        import librosa
+    except ImportError:
+        raise AudiotagError("the channel benchmark needs librosa as its reference",
+                            hint="install the dev extras: pip install -e '.[dev]' (make bench does this)") from None
+    from .features.channels import (MFCC, Chroma, ConstantQ, FrequencyPosition, InstantaneousFrequency)
+    from .features.frontend import Deltas, mel_band_edges
+
+    config = config or Config()
+    a, f = config.audio, config.features
+    ds = load_dataset(data)
+    clips = [c for c in ds.clips if c.path.exists()][: limit or None]
+    waves = []
+    for c in progress_bar(clips, desc="decoding", enabled=progress, unit="file"):
+        y, sr = sf.read(str(c.path), dtype="float32", always_2d=True)
+        waves.append(prepare_waveform(y, sr, sample_rate=a.sample_rate, quality=a.resample_quality))
+    if not waves:
+        raise AudiotagError(f"no readable clips in {data}")
+    audio_s = sum(len(y) for y in waves) / a.sample_rate
+
+    logmel = FrontEnd(a, dataclasses.replace(f, deltas=False, channels=["logmel"])).logmel.eval()
+    window = logmel.window
+    modules = {
+        "mfcc": MFCC(f.n_mels),
+        "chroma": Chroma(sample_rate=a.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length, rows=f.n_mels, window=window),
+        "cqt": ConstantQ(sample_rate=a.sample_rate, hop_length=f.hop_length, n_bins=f.n_mels, fmin=f.cqt_fmin,
+                         bins_per_octave=f.cqt_bins_per_octave),
+        "phase": InstantaneousFrequency(sample_rate=a.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
+                                        mel_weights=logmel.mel_t.numpy().T, window=window,
+                                        band_edges_hz=mel_band_edges(sample_rate=a.sample_rate, n_mels=f.n_mels,
+                                                                     fmin=f.fmin, fmax=f.fmax, htk=f.mel_scale == "htk")),
+        "freqpos": FrequencyPosition(f.n_mels),
+        "deltas": Deltas(width=f.delta_width),
+    }
+    stft = dict(n_fft=f.n_fft, hop_length=f.hop_length, center=True, pad_mode="constant")
+    mel_kwargs = dict(sr=a.sample_rate, n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, **stft)
+
+    def lib_logmel(y):
+        return librosa.power_to_db(librosa.feature.melspectrogram(y=y, **mel_kwargs), ref=np.max, top_db=f.top_db)
+
+    # What each channel costs in librosa, starting from the waveform (mfcc and deltas from the
+    # log-mel, as audiotag computes them; the log-mel itself is benchmarked by bench_features).
+    reference = {
+        "mfcc": ("`feature.mfcc(S=log-mel)`", lambda y, lm: librosa.feature.mfcc(S=lm, n_mfcc=f.n_mels)),
+        "chroma": ("`feature.chroma_stft(tuning=0)`",
+                   lambda y, lm: librosa.feature.chroma_stft(y=y, sr=a.sample_rate, tuning=0.0, **stft)),
+        "cqt": ("`cqt` + `amplitude_to_db`", lambda y, lm: librosa.amplitude_to_db(np.abs(librosa.cqt(
+            y, sr=a.sample_rate, hop_length=f.hop_length, fmin=f.cqt_fmin, n_bins=f.n_mels,
+            bins_per_octave=f.cqt_bins_per_octave)), ref=np.max, top_db=f.top_db)),
+        "phase": ("`reassigned_spectrogram` (frequencies)", lambda y, lm: librosa.reassigned_spectrogram(
+            y, sr=a.sample_rate, reassign_times=False, **stft)[0]),
+        "freqpos": ("none", None),
+        "deltas": ("`feature.delta` order 1 and 2", lambda y, lm: (librosa.feature.delta(lm, width=f.delta_width),
+                                                                   librosa.feature.delta(lm, width=f.delta_width, order=2))),
+    }
+    with torch.inference_mode():
+        inputs = [logmel(torch.from_numpy(y)[None]) for y in waves]  # (1, 1, M, T) per clip
+    lib_inputs = [lib_logmel(y) for y in waves]
+    rows = {}
+    import warnings
+    for name, module in modules.items():
+        label, fn = reference[name]
+        lib_s = None
+        if fn is not None:
+            fn(waves[0], lib_inputs[0])  # numba compiles on first use: not timed
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t = time.perf_counter()
+                for y, lm in progress_bar(list(zip(waves, lib_inputs)), desc=f"librosa {name}", enabled=progress,
+                                          unit="file"):
+                    fn(y, lm)
+                lib_s = time.perf_counter() - t
+        on_logmel = name in ("mfcc", "freqpos", "deltas")
+        with torch.inference_mode():
+            t = time.perf_counter()
+            for y, x in progress_bar(list(zip(waves, inputs)), desc=f"audiotag {name}", enabled=progress, unit="file"):
+                module(x) if on_logmel else module(torch.from_numpy(y)[None])
+            ours_s = time.perf_counter() - t
+        rows[name] = {"librosa": label, "librosa_ms": None if lib_s is None else 1000 * lib_s / len(waves),
+                      "ours_ms": 1000 * ours_s / len(waves)}
+    result = {"clips": len(waves), "audio_seconds": audio_s, "channels": rows}
+    if report:
+        cmd = command or "audiotag " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+        lines = ["| channel | audiotag ms/clip | librosa equivalent | librosa ms/clip | speed-up |", "|---|---:|---|---:|---:|"]
+        for name, r in rows.items():
+            lib = "—" if r["librosa_ms"] is None else f"{r['librosa_ms']:.2f}"
+            ratio = "—" if r["librosa_ms"] is None else f"{r['librosa_ms'] / r['ours_ms']:.1f}x"
+            lines.append(f"| {name} | {r['ours_ms']:.2f} | {r['librosa']} | {lib} | {ratio} |")
+        body = f"""
+Command: `{cmd}`
+Date: {_dt.date.today().isoformat()}; machine: {machine_description()}
+{len(waves)} clips ({audio_s / len(waves):.1f} s on average), {a.sample_rate} Hz, n_fft {f.n_fft}, hop {f.hop_length},
+{f.n_mels} bands; CQT from {f.cqt_fmin:g} Hz, {f.cqt_bins_per_octave} bins per octave.
+
+{chr(10).join(lines)}
+
+Each channel's time on top of the log-mel (mfcc and deltas read the log-mel in both libraries;
+the others start from the waveform). One clip per call in one process, librosa after a warm-up
+call, in separate passes. Parity is tested in `tests/test_channels.py`: MFCC, chroma and the
+reassigned frequencies equal librosa's; the CQT peaks in the same bins and correlates > 0.9 with
+`librosa.cqt` in dB on real clips (octave-group windows, not one filter per bin).
+"""
+        replace_section(Path(report), "channels", body, title="Extra input channels vs librosa")
+    return result
+
+
 def bench_training(data: str | Path, *, config: Config | None = None, cache_dir: str | Path | None = None,
                    steps: int = 20, report: str | Path | None = None, command: str | None = None,
                    progress: bool = True) -> dict:
@@ -178,6 +290,7 @@ def bench_training(data: str | Path, *, config: Config | None = None, cache_dir:
     Inference: the test clips (or curated if none) through sliding windows, without and with TTA.
     """
     from .augment import build_transforms
+    from .features.frontend import channel_names
     from .engine.precision import resolve_device, resolve_precision
     from .engine.trainer import Trainer, lr_lambda
     from .pipeline.cv import crop_frames, inference_spec, new_model
@@ -201,7 +314,7 @@ def bench_training(data: str | Path, *, config: Config | None = None, cache_dir:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda("constant", total_steps=1, warmup_fraction=0))
     trainer = Trainer(model, optimizer=optimizer, scheduler=scheduler, device=device, precision=precision,
-                      transforms=build_transforms(config.augment, seed=0), grad_clip=config.train.grad_clip)
+                      transforms=build_transforms(config.augment, seed=0, channels=channel_names(config.features)), grad_clip=config.train.grad_clip)
     sampler = CropSampler(train_bank, crop_frames=crop_frames(config), batch_size=config.train.batch_size, seed=0)
     batches = []
     epoch = 0

@@ -226,10 +226,15 @@ def cmd_ensemble(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from .pipeline.ablation import DEFAULT_STRATEGIES, ablate
+    from .pipeline.ablation import DEFAULT_REPRESENTATIONS, DEFAULT_STRATEGIES, ablate
 
-    strategies = tuple(x.strip() for x in args.strategies.split(",") if x.strip()) if args.strategies \
-        else DEFAULT_STRATEGIES
+    chosen = args.strategies or args.variants
+    if chosen in ("noisy", "representations"):
+        strategies = DEFAULT_STRATEGIES if chosen == "noisy" else DEFAULT_REPRESENTATIONS
+    elif chosen:
+        strategies = tuple(x.strip() for x in chosen.split(",") if x.strip())
+    else:
+        strategies = DEFAULT_STRATEGIES
     seeds = tuple(int(x) for x in args.seeds.split(","))
     summary = ablate(_data_spec(args), _config(args), out=args.out, strategies=strategies, seeds=seeds,
                      cache_dir=args.cache_dir, progress=not args.quiet)
@@ -275,8 +280,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_features, bench_training
+    from .bench import bench_channels, bench_features, bench_training
 
+    if args.what == "channels":
+        r = bench_channels(args.data, config=_config(args), limit=args.limit or 200, report=args.report,
+                           progress=not args.quiet)
+        for name, row in r["channels"].items():
+            lib = "" if row["librosa_ms"] is None else f"; librosa {row['librosa_ms']:.2f} ms ({row['librosa']})"
+            print(f"{name}: audiotag {row['ours_ms']:.2f} ms/clip{lib}")
+        return 0
     if args.what == "training":
         r = bench_training(args.data, config=_config(args), cache_dir=args.cache_dir, report=args.report,
                            progress=not args.quiet)
@@ -425,19 +437,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_ensemble)
 
-    p = _sub(subs, "ablate", "compare noisy-set strategies on the same folds and seeds",
-             "Train each strategy (curated, joint, joint_smooth, joint_bootstrap, joint_lq, joint_drop, pretrain, "
-             "pseudo_agree, pseudo_relabel, pseudo_soft, mixmatch) for each seed as a normal run folder under OUT, then write "
-             "ablation.md/.csv: OOF lwlrap on curated clips, test lwlrap when the data has test labels, a paired "
-             "bootstrap interval of each strategy's gain over curated-only, minutes per run. Re-running continues "
-             "where it stopped.",
+    p = _sub(subs, "ablate", "compare noisy-set strategies, inputs or model families on the same folds and seeds",
+             "Train each variant for each seed as a normal run folder under OUT, then write ablation.md/.csv: OOF "
+             "lwlrap on curated clips, test lwlrap when the data has test labels, a paired bootstrap interval of each "
+             "variant's gain over the baseline (curated when listed, else the first), the Pearson correlation of its "
+             "OOF predictions with the baseline's, minutes per run. Noisy-set strategies: curated, joint, joint_smooth, "
+             "joint_bootstrap, joint_lq, joint_drop, pretrain, pseudo_agree, pseudo_relabel, pseudo_soft, mixmatch. "
+             "Inputs and models: logmel, logmel_deltas, mfcc, cqt, logmel_phase, logmel_chroma, logmel_freqpos, "
+             "wavecnn, crnn, rnn, attention, resnet. Re-running continues where it stopped.",
              "audiotag ablate --data .bench/small --out runs/ablation --seeds 0,1 --set train.epochs=40\n"
+             "audiotag ablate --data .bench/small --out runs/inputs --variants representations --seeds 0\n"
              "audiotag ablate --data data/fat2019 --out runs/abl --strategies curated,pretrain,pseudo_agree")
     _add_data_args(p, option=True)
     _add_config_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the runs and the table")
-    p.add_argument("--strategies", metavar="LIST", help="comma-separated (default: curated,joint,joint_lq,pretrain,"
-                                                         "pseudo_agree,mixmatch)")
+    choice = p.add_mutually_exclusive_group()
+    choice.add_argument("--strategies", metavar="LIST", help="comma-separated variants, or 'noisy' (the default: "
+                                                              "curated,joint,joint_lq,pretrain,pseudo_agree,mixmatch)")
+    choice.add_argument("--variants", metavar="LIST", help="same as --strategies; 'representations' = logmel,"
+                                                            "logmel_deltas,mfcc,cqt,logmel_phase,wavecnn,crnn")
     p.add_argument("--seeds", default="0,1", metavar="LIST", help="comma-separated seeds (default: 0,1)")
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -475,11 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(subs, "bench", "benchmark feature extraction against librosa",
              "features: build the feature cache of DATA from cold and time librosa per clip on the same files and "
              "settings. training: training and inference throughput (with and without TTA) of the configured model. "
+             "channels: per-clip cost of each extra channel (MFCC, chroma, CQT, phase, deltas) against librosa. "
              "--report writes the table into a Markdown file (BENCHMARKS.md).",
              "python ../shared/bench/make_dataset.py --out .bench/small --scale small\n"
              "audiotag bench features .bench/small --report BENCHMARKS.md\n"
-             "audiotag bench training .bench/small --report BENCHMARKS.md")
-    p.add_argument("what", choices=["features", "training"], help="what to benchmark")
+             "audiotag bench training .bench/small --report BENCHMARKS.md\n"
+             "audiotag bench channels .bench/small --limit 200 --report BENCHMARKS.md")
+    p.add_argument("what", choices=["features", "training", "channels"], help="what to benchmark")
     p.add_argument("data", metavar="DATA", help="dataset folder")
     _add_config_args(p)
     p.add_argument("--limit", type=int, metavar="N", help="only the first N clips")

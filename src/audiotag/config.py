@@ -41,7 +41,9 @@ class AudioConfig:
 class FeatureConfig:
     """The front-end: what is computed from a waveform and cached."""
 
-    kind: Literal["logmel"] = "logmel"
+    # logmel: spectral channels (the log-mel first, then `channels`); waveform: the raw samples,
+    # framed as (1, hop_length, frames) so crops and batches work alike (for the wavecnn model).
+    kind: Literal["logmel", "waveform"] = "logmel"
     n_fft: int = field(default=1024, metadata=_range(16, 65536))
     hop_length: int = field(default=320, metadata=_range(1, 65536))
     win_length: int | None = field(default=None, metadata=_range(1, 65536))
@@ -55,9 +57,16 @@ class FeatureConfig:
     db_reference: Literal["max", "absolute"] = "max"
     top_db: float | None = field(default=80.0, metadata=_range(0.0, lo_open=True))
     amin: float = field(default=1e-10, metadata=_range(0.0, 1.0, lo_open=True))
-    # Adds delta and delta-delta channels (librosa.feature.delta, Savitzky-Golay, width frames).
+    # Adds delta and delta-delta channels of the log-mel right after it (librosa.feature.delta,
+    # Savitzky-Golay, width frames).
     deltas: bool = False
     delta_width: int = field(default=9, metadata=_range(3, 99))
+    # The input channels, stacked in this order, each n_mels high: logmel, mfcc, chroma, cqt
+    # (constant-Q dB), phase (instantaneous frequency within each mel band), freqpos (band position).
+    channels: list[Literal["logmel", "mfcc", "chroma", "cqt", "phase", "freqpos"]] = field(
+        default_factory=lambda: ["logmel"])
+    cqt_fmin: float = field(default=30.0, metadata=_range(1.0))  # Hz of the lowest CQT bin (n_mels bins)
+    cqt_bins_per_octave: int = field(default=8, metadata=_range(1, 96))
     cache_dtype: Literal["float16", "float32"] = "float16"
 
 
@@ -75,12 +84,21 @@ class DataConfig:
 class ModelConfig:
     """The network: a registry name and the knobs every architecture shares."""
 
-    name: Literal["vgg", "resnet"] = "vgg"
+    # vgg, resnet: log-mel CNNs; crnn: CNN blocks then a recurrent layer over time; rnn: recurrent
+    # layers over log-mel frames; wavecnn: raw-waveform 1D CNN stem then CNN blocks (EnvNet-v2-like,
+    # needs features.kind=waveform).
+    name: Literal["vgg", "resnet", "crnn", "rnn", "wavecnn"] = "vgg"
     width: int = field(default=32, metadata=_range(4, 1024))  # channels of the first block, doubled per block
     depth: int = field(default=4, metadata=_range(1, 8))  # blocks, each halving time and frequency
     convs_per_block: int = field(default=1, metadata=_range(1, 4))
     max_width: int = field(default=512, metadata=_range(4, 4096))
     dropout: float = field(default=0.2, metadata=_range(0.0, 0.95))
+    # How frames become a clip: avgmax (mean + max over time) or attention (per-class attention
+    # weights over time applied to per-frame logits).
+    pooling: Literal["avgmax", "attention"] = "avgmax"
+    rnn_cell: Literal["gru", "lstm"] = "gru"  # crnn and rnn
+    rnn_hidden: int = field(default=128, metadata=_range(4, 4096))  # per direction (bidirectional)
+    rnn_layers: int = field(default=2, metadata=_range(1, 8))
 
 
 @dataclass
@@ -225,8 +243,33 @@ def _check_cross_fields(cfg: Config) -> None:
         )
     if f.delta_width % 2 == 0:
         raise ConfigError(f"features.delta_width = {f.delta_width} must be odd")
-    if cfg.augment.mixup_domain == "power" and f.kind != "logmel":
-        raise ConfigError("augment.mixup_domain = power needs dB features (features.kind = logmel)")
+    if cfg.augment.mixup_domain == "power" and (f.kind != "logmel" or f.deltas or f.channels != ["logmel"]):
+        raise ConfigError("augment.mixup_domain = power needs plain log-mel features (features.kind = logmel, "
+                          "no deltas or extra channels)", hint="use augment.mixup_domain=db")
+    if len(set(f.channels)) != len(f.channels):
+        raise ConfigError(f"features.channels = {f.channels} lists a channel twice")
+    if f.kind == "logmel" and not f.channels:
+        raise ConfigError("features.channels is empty", hint="e.g. features.channels=[logmel]")
+    if f.deltas and "logmel" not in f.channels:
+        raise ConfigError("features.deltas = true needs logmel in features.channels (they are its deltas)")
+    if f.kind == "waveform" and (f.channels != ["logmel"] or f.deltas):
+        raise ConfigError("features.kind = waveform takes no spectral channels or deltas",
+                          hint="leave features.channels and features.deltas at their defaults, or use features.kind=logmel")
+    if "cqt" in f.channels:
+        from .features.channels import cqt_top_hz
+
+        top_hz = cqt_top_hz(f.n_mels, f.cqt_fmin, f.cqt_bins_per_octave)
+        if top_hz > nyquist:
+            raise ConfigError(
+                f"the CQT's {f.n_mels} bins from features.cqt_fmin = {f.cqt_fmin:g} Hz at "
+                f"{f.cqt_bins_per_octave} per octave reach {top_hz:.0f} Hz, above the {nyquist:g} Hz Nyquist limit",
+                hint="narrow the span: raise features.cqt_bins_per_octave, or lower cqt_fmin or n_mels")
+    wave_models, spectral_models = {"wavecnn"}, set(typing.get_args(typing.get_type_hints(ModelConfig)["name"])) - {"wavecnn"}
+    if (f.kind == "waveform") != (cfg.model.name in wave_models):
+        raise ConfigError(
+            f"model.name = {cfg.model.name} does not read features.kind = {f.kind}",
+            hint="raw waveforms go with model.name=wavecnn; spectral features with "
+                 + ", ".join(sorted(spectral_models)))
     n = cfg.noisy
     if n.strategy == "pseudo" and not n.teacher:
         raise ConfigError("noisy.strategy = pseudo needs noisy.teacher: a finished curated-only run folder",

@@ -47,18 +47,26 @@ class TimeShift(_Transform):
         return x.gather(-1, idx[:, None, None, :].expand_as(x)), y
 
 
-class Gain(_Transform):
-    """Adds a random level offset of up to +-``max_db`` to each crop (a gain, in the dB domain)."""
+def _channel_mask(channels: list[bool] | None) -> torch.Tensor | None:
+    return None if channels is None else torch.tensor(channels, dtype=torch.float32)[None, :, None, None]
 
-    def __init__(self, *, max_db: float, seed: int):
+
+class Gain(_Transform):
+    """A random gain of up to +-``max_db`` per crop: added to the dB channels (``db_channels``, a
+    flag per channel; all when None), or multiplied into a waveform (``linear``)."""
+
+    def __init__(self, *, max_db: float, seed: int, db_channels: list[bool] | None = None, linear: bool = False):
         super().__init__(seed=seed)
-        self.max_db = max_db
+        self.max_db, self.mask, self.linear = max_db, _channel_mask(db_channels), linear
 
     def sample(self, x):
         return {"db": (self._uniform(x.shape[0]) * 2 - 1) * self.max_db}
 
     def apply(self, x, y, params):
-        return x + params["db"].to(x.dtype)[:, None, None, None], y
+        db = params["db"].to(x.dtype)[:, None, None, None]
+        if self.linear:
+            return x * torch.pow(10.0, db / 20), y
+        return x + (db if self.mask is None else db * self.mask.to(x.dtype)), y
 
 
 class SpecAugment(_Transform):
@@ -84,7 +92,7 @@ class SpecAugment(_Transform):
 
     def apply(self, x, y, params):
         mask = params["time"][:, None, None, :] | params["freq"][:, None, :, None]  # (B, 1, F, T)
-        fill = x.mean(dim=(1, 2, 3), keepdim=True)
+        fill = x.mean(dim=(2, 3), keepdim=True)  # each channel's own mean
         return torch.where(mask, fill, x), y
 
 
@@ -92,9 +100,9 @@ class RandomEQ(_Transform):
     """Adds a smooth random curve over the bands to each crop, up to about +-``max_db``: a random
     tilt plus two slow cosines, as a different microphone, room or channel would colour the sound."""
 
-    def __init__(self, *, max_db: float, seed: int):
+    def __init__(self, *, max_db: float, seed: int, db_channels: list[bool] | None = None):
         super().__init__(seed=seed)
-        self.max_db = max_db
+        self.max_db, self.mask = max_db, _channel_mask(db_channels)
 
     def sample(self, x):
         return {"coef": (self._uniform(x.shape[0], 3) * 2 - 1) * self.max_db / 2, "phase": self._uniform(x.shape[0], 2)}
@@ -105,7 +113,8 @@ class RandomEQ(_Transform):
         coef, phase = params["coef"], params["phase"] * 2 * torch.pi
         curve = (coef[:, :1] * (2 * pos - 1) + coef[:, 1:2] * torch.cos(torch.pi * pos + phase[:, :1])
                  + coef[:, 2:3] * torch.cos(2 * torch.pi * pos + phase[:, 1:2]))  # (B, F)
-        return x + curve.to(x.dtype)[:, None, :, None], y
+        curve = curve.to(x.dtype)[:, None, :, None]
+        return x + (curve if self.mask is None else curve * self.mask.to(x.dtype)), y
 
 
 class FreqShift(_Transform):
@@ -162,20 +171,28 @@ class Mixup(_Transform):
         return mixed_x, mixed_y
 
 
-def build_transforms(cfg: AugmentConfig, *, seed: int) -> list[_Transform]:
-    """The enabled transforms in application order: shift, gain, EQ, band shift, masks, mixup."""
+def build_transforms(cfg: AugmentConfig, *, seed: int, channels: list[str] | None = None) -> list[_Transform]:
+    """The enabled transforms in application order: shift, gain, EQ, band shift, masks, mixup.
+
+    ``channels`` names the input channels (``features.frontend.channel_names``): gain and EQ move
+    only the dB ones, and a raw waveform gets a linear gain and no band-wise transforms."""
+    from ..features.frontend import DB_CHANNELS
+
+    waveform = channels == ["waveform"]
+    db_channels = None if channels is None else [name in DB_CHANNELS for name in channels]
     out: list[_Transform] = []
     if cfg.time_shift:
         out.append(TimeShift(seed=seed * 10 + 1))
     if cfg.gain_db > 0:
-        out.append(Gain(max_db=cfg.gain_db, seed=seed * 10 + 2))
-    if cfg.eq_db > 0:
-        out.append(RandomEQ(max_db=cfg.eq_db, seed=seed * 10 + 5))
-    if cfg.freq_shift_bins > 0:
+        out.append(Gain(max_db=cfg.gain_db, seed=seed * 10 + 2, db_channels=db_channels, linear=waveform))
+    if cfg.eq_db > 0 and not waveform:
+        out.append(RandomEQ(max_db=cfg.eq_db, seed=seed * 10 + 5, db_channels=db_channels))
+    if cfg.freq_shift_bins > 0 and not waveform:
         out.append(FreqShift(max_bins=cfg.freq_shift_bins, seed=seed * 10 + 6))
-    if (cfg.time_masks and cfg.time_mask_frames) or (cfg.freq_masks and cfg.freq_mask_bins):
+    freq_masks = 0 if waveform else cfg.freq_masks
+    if (cfg.time_masks and cfg.time_mask_frames) or (freq_masks and cfg.freq_mask_bins):
         out.append(SpecAugment(time_masks=cfg.time_masks, time_mask_frames=cfg.time_mask_frames,
-                               freq_masks=cfg.freq_masks, freq_mask_bins=cfg.freq_mask_bins, seed=seed * 10 + 3))
+                               freq_masks=freq_masks, freq_mask_bins=cfg.freq_mask_bins, seed=seed * 10 + 3))
     if cfg.mixup_alpha > 0 and cfg.mixup_prob > 0:
         out.append(Mixup(alpha=cfg.mixup_alpha, prob=cfg.mixup_prob, targets=cfg.mixup_targets, seed=seed * 10 + 4,
                          domain=cfg.mixup_domain))

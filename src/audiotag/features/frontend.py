@@ -45,7 +45,7 @@ def mel_filterbank(*, sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0
     """Triangular mel filters ``[shape=(n_mels, 1 + n_fft // 2)]``, float32, as ``librosa.filters.mel``."""
     fmax = sample_rate / 2 if fmax is None else fmax
     fft_hz = np.linspace(0, sample_rate / 2, 1 + n_fft // 2)
-    mel_hz = mel_to_hz(np.linspace(hz_to_mel(fmin, htk=htk), hz_to_mel(fmax, htk=htk), n_mels + 2), htk=htk)
+    mel_hz = mel_band_edges(sample_rate=sample_rate, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk)
     widths = np.diff(mel_hz)
     ramps = mel_hz[:, None] - fft_hz[None, :]
     lower = -ramps[:-2] / widths[:-1, None]
@@ -54,6 +54,14 @@ def mel_filterbank(*, sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0
     if norm == "slaney":
         weights *= (2.0 / (mel_hz[2:] - mel_hz[:-2]))[:, None]
     return weights.astype(np.float32)
+
+
+def mel_band_edges(*, sample_rate: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None,
+                   htk: bool = False) -> np.ndarray:
+    """The ``n_mels + 2`` corner frequencies (Hz) of the triangular filters: filter m spans
+    edges m .. m + 2 and peaks at m + 1."""
+    fmax = sample_rate / 2 if fmax is None else fmax
+    return mel_to_hz(np.linspace(hz_to_mel(fmin, htk=htk), hz_to_mel(fmax, htk=htk), n_mels + 2), htk=htk)
 
 
 def _bands(weights: np.ndarray, filters_per_band: int) -> list[tuple[int, int, int, int]]:
@@ -192,19 +200,90 @@ class Deltas(nn.Module):
         return torch.cat([x, d], dim=1)
 
 
+class FramedWaveform(nn.Module):
+    """``(B, N)`` -> ``(B, 1, hop_length, 1 + N // hop_length)``: the samples themselves, frame ``t``
+    holding samples ``t * hop .. (t + 1) * hop`` (zero padded at the end), so a raw-waveform model
+    gets the same frame grid, crops and batches as a spectral one."""
+
+    def __init__(self, hop_length: int):
+        super().__init__()
+        self.hop_length = hop_length
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        b, n = waveform.shape
+        frames = 1 + n // self.hop_length
+        padded = nn.functional.pad(waveform, (0, frames * self.hop_length - n))
+        return padded.reshape(b, frames, self.hop_length).transpose(1, 2)[:, None]
+
+
+def channel_names(features: FeatureConfig) -> list[str]:
+    """What each input channel holds, in order (``logmel``, ``logmel_delta``, ..., ``waveform``)."""
+    if features.kind == "waveform":
+        return ["waveform"]
+    names = []
+    for name in features.channels:
+        names += [name] + (["logmel_delta", "logmel_delta2"] if name == "logmel" and features.deltas else [])
+    return names
+
+
+# Channels in dB of a power: a gain adds to them (and an EQ curve adds per band); the others
+# (deltas, cepstra, normalised chroma, phase, positions) do not move that way.
+DB_CHANNELS = ("logmel", "cqt")
+
+
 class FrontEnd(nn.Module):
-    """The configured front-end: log-mel, optionally followed by deltas."""
+    """The configured front-end: the channels of ``features.channels`` (the log-mel followed by its
+    deltas when asked), or the framed waveform. The log-mel is always computed: MFCCs are made
+    from it."""
 
     def __init__(self, audio: AudioConfig, features: FeatureConfig):
         super().__init__()
+        from .channels import MFCC, Chroma, ConstantQ, FrequencyPosition, InstantaneousFrequency
+
         f = features
+        self.names = channel_names(f)
+        self.n_channels = len(self.names)
+        if f.kind == "waveform":
+            self.waveform = FramedWaveform(f.hop_length)
+            return
+        self.waveform = None
         self.logmel = LogMel(sample_rate=audio.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length, n_mels=f.n_mels,
                              win_length=f.win_length, fmin=f.fmin, fmax=f.fmax, power=f.power,
                              htk=f.mel_scale == "htk", mel_norm=f.mel_norm, db_reference=f.db_reference,
                              top_db=f.top_db, amin=f.amin)
         self.deltas = Deltas(width=f.delta_width) if f.deltas else None
-        self.n_channels = 3 if f.deltas else 1
+        self.channel_order = list(f.channels)
+        extra = {}
+        for name in f.channels:
+            if name == "mfcc":
+                extra[name] = MFCC(f.n_mels)
+            elif name == "chroma":
+                extra[name] = Chroma(sample_rate=audio.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
+                                     rows=f.n_mels, window=self.logmel.window)
+            elif name == "cqt":
+                extra[name] = ConstantQ(sample_rate=audio.sample_rate, hop_length=f.hop_length, n_bins=f.n_mels,
+                                        fmin=f.cqt_fmin, bins_per_octave=f.cqt_bins_per_octave,
+                                        db_reference=f.db_reference, top_db=f.top_db, amin=f.amin)
+            elif name == "phase":
+                extra[name] = InstantaneousFrequency(
+                    sample_rate=audio.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
+                    mel_weights=self.logmel.mel_t.numpy().T, window=self.logmel.window,
+                    band_edges_hz=mel_band_edges(sample_rate=audio.sample_rate, n_mels=f.n_mels, fmin=f.fmin,
+                                                 fmax=f.fmax, htk=f.mel_scale == "htk"))
+            elif name == "freqpos":
+                extra[name] = FrequencyPosition(f.n_mels)
+        self.extra = nn.ModuleDict(extra)
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.logmel(waveform, lengths)
-        return self.deltas(x) if self.deltas is not None else x
+        if self.waveform is not None:
+            return self.waveform(waveform)
+        log_mel = self.logmel(waveform, lengths)
+        parts = []
+        for name in self.channel_order:
+            if name == "logmel":
+                parts.append(self.deltas(log_mel) if self.deltas is not None else log_mel)
+            elif name in ("mfcc", "freqpos"):  # computed from the log-mel (freqpos: only its shape)
+                parts.append(self.extra[name](log_mel))
+            else:
+                parts.append(self.extra[name](waveform))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]

@@ -7,9 +7,10 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .cnn import ResNetCNN, VGGCNN
+from .cnn import CRNN, RecurrentTagger, ResNetCNN, VGGCNN, WaveCNN
 
-MODELS: dict[str, type[nn.Module]] = {"vgg": VGGCNN, "resnet": ResNetCNN}
+MODELS: dict[str, type[nn.Module]] = {"vgg": VGGCNN, "resnet": ResNetCNN, "crnn": CRNN, "rnn": RecurrentTagger,
+                                      "wavecnn": WaveCNN}
 
 
 def build_model(cfg: ModelConfig, *, in_channels: int, n_mels: int, n_classes: int) -> nn.Module:
@@ -18,8 +19,14 @@ def build_model(cfg: ModelConfig, *, in_channels: int, n_mels: int, n_classes: i
     except KeyError:
         raise ConfigError(f"model.name = {cfg.name!r} is not a registered model",
                           hint=f"choose one of {', '.join(MODELS)}") from None
-    return cls(in_channels=in_channels, n_mels=n_mels, n_classes=n_classes, width=cfg.width, depth=cfg.depth,
-               convs_per_block=cfg.convs_per_block, max_width=cfg.max_width, dropout=cfg.dropout)
+    shape = dict(in_channels=in_channels, n_mels=n_mels, n_classes=n_classes, dropout=cfg.dropout, pooling=cfg.pooling)
+    recurrent = dict(cell=cfg.rnn_cell, hidden=cfg.rnn_hidden, layers=cfg.rnn_layers)
+    if cls is RecurrentTagger:
+        return cls(**shape, **recurrent)
+    cnn = dict(width=cfg.width, depth=cfg.depth, convs_per_block=cfg.convs_per_block, max_width=cfg.max_width)
+    if cls is CRNN:
+        return cls(**shape, **cnn, recurrent=recurrent)
+    return cls(**shape, **cnn)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,9 +1,11 @@
 """Log-mel CNNs trained from scratch, as FAT2019's top teams used them.
 
-Both share the input normalisation (a BatchNorm per channel and mel band, PANNs' ``bn0``) and the
-head (mean over frequency, then average + max over time, then a two-layer classifier), and differ
-only in their blocks: plain stacks of 3x3 conv-BN-ReLU (VGG) or residual pairs (ResNet). Every
-block halves time and frequency with 2x2 average pooling and doubles the width up to ``max_width``.
+The CNNs share the input normalisation (a BatchNorm per channel and mel band, PANNs' ``bn0``) and
+the head (mean over frequency, then average + max over time and a two-layer classifier, or
+per-class attention over time), and differ only in their blocks: plain stacks of 3x3 conv-BN-ReLU
+(VGG) or residual pairs (ResNet). Every block halves time and frequency with 2x2 average pooling
+and doubles the width up to ``max_width``. The CRNN adds a recurrent layer before the head; the
+recurrent tagger and the raw-waveform CNN are other families, for ensembles.
 """
 
 from __future__ import annotations
@@ -45,11 +47,57 @@ class ResidualBlock(nn.Module):
         return self.pool(x)
 
 
+def avg_max_pool(frames: torch.Tensor) -> torch.Tensor:
+    """``(B, D, T)`` -> ``(B, D)``: mean plus maximum over time."""
+    return frames.mean(dim=2) + frames.amax(dim=2)
+
+
+def mlp_head(dim: int, n_classes: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                         nn.Linear(dim, n_classes))
+
+
+class AttentionHead(nn.Module):
+    """``(B, D, T)`` frame embeddings -> ``(B, K)`` clip logits: each class weighs the frames with its
+    own softmax over time and takes the weighted mean of its frame logits (PANNs' decision-level
+    attention, kept in logits so the loss stays BCE-with-logits)."""
+
+    def __init__(self, dim: int, n_classes: int, dropout: float):
+        super().__init__()
+        self.hidden = nn.Sequential(nn.Dropout(dropout), nn.Conv1d(dim, dim, 1), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.attention = nn.Conv1d(dim, n_classes, 1)
+        self.classifier = nn.Conv1d(dim, n_classes, 1)
+
+    def frame_weights(self, frames: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.attention(self.hidden(frames)), dim=2)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        hidden = self.hidden(frames)
+        weights = torch.softmax(self.attention(hidden), dim=2)
+        return (weights * self.classifier(hidden)).sum(dim=2)
+
+
+class Recurrent(nn.Module):
+    """``(B, D, T)`` -> ``(B, 2H, T)``: a bidirectional GRU or LSTM over time."""
+
+    def __init__(self, dim: int, *, cell: str = "gru", hidden: int = 128, layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        rnn = nn.GRU if cell == "gru" else nn.LSTM
+        self.rnn = rnn(dim, hidden, num_layers=layers, batch_first=True, bidirectional=True,
+                       dropout=dropout if layers > 1 else 0.0)
+        self.out_dim = 2 * hidden
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(frames.transpose(1, 2))
+        return out.transpose(1, 2)
+
+
 class _AudioCNN(nn.Module):
     block: type[nn.Module]
 
     def __init__(self, *, in_channels: int, n_mels: int, n_classes: int, width: int = 32, depth: int = 4,
-                 convs_per_block: int = 2, max_width: int = 512, dropout: float = 0.2):
+                 convs_per_block: int = 2, max_width: int = 512, dropout: float = 0.2, pooling: str = "avgmax",
+                 recurrent: dict | None = None):
         super().__init__()
         self.input_norm = nn.BatchNorm1d(in_channels * n_mels)
         self.channels_last = False
@@ -59,8 +107,10 @@ class _AudioCNN(nn.Module):
             blocks.append(self.block(cin, cout, convs=convs_per_block))
             cin = cout
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(cin, cin), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                                  nn.Linear(cin, n_classes))
+        self.recurrent = Recurrent(cin, **recurrent) if recurrent else None
+        dim = self.recurrent.out_dim if self.recurrent else cin
+        self.pooling = pooling
+        self.head = AttentionHead(dim, n_classes, dropout) if pooling == "attention" else mlp_head(dim, n_classes, dropout)
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m.weight.abs().sum() > 0:
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
@@ -71,18 +121,22 @@ class _AudioCNN(nn.Module):
         self.channels_last = True
         return self.to(memory_format=torch.channels_last)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, F, T)`` features -> ``(B, D)`` clip embedding."""
+    def frames(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, F, T)`` features -> ``(B, D, T')`` frame embeddings (frequency averaged out)."""
         b, c, f, t = x.shape
         x = self.input_norm(x.reshape(b, c * f, t)).reshape(b, c, f, t)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.blocks(x)
-        x = x.mean(dim=2)  # (B, D, T'): frequency is averaged out
-        return x.mean(dim=2) + x.amax(dim=2)
+        x = self.blocks(x).mean(dim=2)
+        return self.recurrent(x) if self.recurrent is not None else x
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, F, T)`` features -> ``(B, D)`` clip embedding."""
+        return avg_max_pool(self.frames(x))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"logits": self.head(self.embed(x))}
+        frames = self.frames(x)
+        return {"logits": self.head(frames if self.pooling == "attention" else avg_max_pool(frames))}
 
 
 class VGGCNN(_AudioCNN):
@@ -91,3 +145,60 @@ class VGGCNN(_AudioCNN):
 
 class ResNetCNN(_AudioCNN):
     block = ResidualBlock
+
+
+class CRNN(VGGCNN):
+    """VGG blocks, then a bidirectional recurrent layer over the frames (5th place of FAT2019's
+    CNN + GRU): the convolutions hear local patterns, the recurrence their order in time."""
+
+
+class RecurrentTagger(nn.Module):
+    """Log-mel frames straight into stacked bidirectional GRU/LSTM layers, then the clip head: no
+    convolutions, so its mistakes differ from the CNNs' (an ensemble member, not a leader)."""
+
+    def __init__(self, *, in_channels: int, n_mels: int, n_classes: int, cell: str = "gru", hidden: int = 128,
+                 layers: int = 2, dropout: float = 0.2, pooling: str = "avgmax"):
+        super().__init__()
+        self.input_norm = nn.BatchNorm1d(in_channels * n_mels)
+        self.recurrent = Recurrent(in_channels * n_mels, cell=cell, hidden=hidden, layers=layers, dropout=dropout)
+        self.pooling = pooling
+        dim = self.recurrent.out_dim
+        self.head = AttentionHead(dim, n_classes, dropout) if pooling == "attention" else mlp_head(dim, n_classes, dropout)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        b, c, f, t = x.shape
+        frames = self.recurrent(self.input_norm(x.reshape(b, c * f, t)))
+        return {"logits": self.head(frames if self.pooling == "attention" else avg_max_pool(frames))}
+
+
+class WaveCNN(nn.Module):
+    """Raw waveform in, EnvNet-v2 style: two strided 1D convolutions and a max-pool turn each hop of
+    samples into one frame of ``STEM`` learnt filter outputs; that (filters x frames) map is then
+    read as a one-channel image by the VGG blocks. Input: framed waveform ``(B, 1, hop, T)``."""
+
+    STEM = 64
+
+    def __init__(self, *, in_channels: int, n_mels: int, n_classes: int, width: int = 32, depth: int = 4,
+                 convs_per_block: int = 1, max_width: int = 512, dropout: float = 0.2, pooling: str = "avgmax"):
+        super().__init__()
+        hop = n_mels  # the framed waveform's "bands" are the samples of one hop
+        if in_channels != 1 or hop % 16:
+            raise ValueError(f"wavecnn reads a mono framed waveform with hop_length divisible by 16, got "
+                             f"{in_channels} channels x {hop} samples per frame")
+        s = self.STEM
+        self.stem = nn.Sequential(
+            nn.Conv1d(1, s // 2, 64, stride=4, padding=30, bias=False), nn.BatchNorm1d(s // 2), nn.ReLU(inplace=True),
+            nn.Conv1d(s // 2, s, 16, stride=4, padding=6, bias=False), nn.BatchNorm1d(s), nn.ReLU(inplace=True),
+            nn.MaxPool1d(hop // 16, ceil_mode=True))
+        self.backbone = VGGCNN(in_channels=1, n_mels=s, n_classes=n_classes, width=width, depth=depth,
+                               convs_per_block=convs_per_block, max_width=max_width, dropout=dropout, pooling=pooling)
+
+    def use_channels_last(self) -> "WaveCNN":
+        self.backbone.use_channels_last()
+        return self
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        b, _, hop, t = x.shape
+        waveform = x.transpose(2, 3).reshape(b, 1, t * hop)
+        filters = self.stem(waveform)[:, :, :t]  # (B, STEM, T): one column per frame
+        return self.backbone(filters[:, None])

@@ -1,13 +1,16 @@
-"""``audiotag ablate``: several noisy-set strategies on the same data, folds and seeds, one table.
+"""``audiotag ablate``: several variants on the same data, folds and seeds, one table.
 
-Each (strategy, seed) is an ordinary run folder ``OUT/<strategy>-s<seed>``; finished runs are
-reused and interrupted ones resumed, so the command can be re-run after a stop. Pseudo-labelling
-uses the curated-only run of the same seed as its teacher (same folds, never saw a noisy clip).
+A variant is a named set of config changes: a noisy-set strategy (``STRATEGIES``) or an input
+representation / model family (``REPRESENTATIONS``). Each (variant, seed) is an ordinary run
+folder ``OUT/<variant>-s<seed>``; finished runs are reused and interrupted ones resumed, so the
+command can be re-run after a stop. Pseudo-labelling uses the curated-only run of the same seed as
+its teacher (same folds, never saw a noisy clip).
 
-The table reports, per strategy, the mean and spread over seeds of pooled OOF lwlrap on curated
-clips and of test lwlrap (when the data has test labels), and a bootstrap interval over test clips
-for its difference from curated-only (paired: the same resampled clips for both), so a difference
-inside the noise shows as such.
+The table reports, per variant, the mean and spread over seeds of pooled OOF lwlrap on curated
+clips and of test lwlrap (when the data has test labels), a bootstrap interval over test clips for
+its difference from the baseline (``curated`` when listed, else the first variant; paired: the
+same resampled clips for both), so a difference inside the noise shows as such, and the Pearson
+correlation of its OOF predictions with the baseline's: the lower, the more an ensemble gains.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from .. import fsutil
 from ..config import Config, config_from_dict
 from ..errors import AudiotagError
 from ..metrics import lwlrap
-from .runs import DataSpec, Run, read_predictions
+from .runs import DataSpec, Run, read_oof_predictions, read_predictions
 
 STRATEGIES: dict[str, dict[str, object]] = {
     "curated": {"noisy.strategy": "none"},
@@ -40,6 +43,24 @@ STRATEGIES: dict[str, dict[str, object]] = {
     "mixmatch": {"noisy.strategy": "mixmatch"},
 }
 DEFAULT_STRATEGIES = ("curated", "joint", "joint_lq", "pretrain", "pseudo_agree", "mixmatch")
+# Curated-only training with other inputs or model families (all other settings from the base config).
+REPRESENTATIONS: dict[str, dict[str, object]] = {
+    "logmel": {},
+    "logmel_deltas": {"features.deltas": True},
+    "mfcc": {"features.channels": ["mfcc"]},
+    "cqt": {"features.channels": ["cqt"]},
+    "logmel_phase": {"features.channels": ["logmel", "phase"]},
+    "logmel_chroma": {"features.channels": ["logmel", "chroma"]},
+    "logmel_freqpos": {"features.channels": ["logmel", "freqpos"]},
+    "wavecnn": {"features.kind": "waveform", "model.name": "wavecnn"},
+    "crnn": {"model.name": "crnn", "model.rnn_layers": 1},
+    "rnn": {"model.name": "rnn"},
+    "attention": {"model.pooling": "attention"},
+    "resnet": {"model.name": "resnet"},
+}
+DEFAULT_REPRESENTATIONS = ("logmel", "logmel_deltas", "mfcc", "cqt", "logmel_phase", "wavecnn", "crnn")
+VARIANTS: dict[str, dict[str, object]] = {**STRATEGIES, **{k: {"noisy.strategy": "none", **v}
+                                                           for k, v in REPRESENTATIONS.items()}}
 
 
 def _with(config: Config, changes: dict[str, object]) -> Config:
@@ -68,22 +89,35 @@ def _bootstrap_diff(truth, a, b, *, n: int = 1000, seed: int = 0) -> tuple[float
     return float(np.percentile(diffs, 5)), float(np.percentile(diffs, 95))
 
 
+def _oof_matrix(run: Run) -> tuple[list[str], np.ndarray]:
+    fnames, _, _, probs = read_oof_predictions(run.dir / "oof_predictions.csv")
+    return fnames, probs
+
+
+def _pearson(a: tuple[list[str], np.ndarray], b: tuple[list[str], np.ndarray]) -> float:
+    index = {f: i for i, f in enumerate(b[0])}
+    if set(index) != set(a[0]):
+        raise AudiotagError("two ablation runs predicted different out-of-fold clips",
+                            hint="runs of one ablation must share the data and folds; start a fresh --out folder")
+    return float(np.corrcoef(a[1].ravel(), b[1][[index[f] for f in a[0]]].ravel())[0, 1])
+
+
 def ablate(data: DataSpec, base: Config, *, out: str | Path, strategies: tuple[str, ...] = DEFAULT_STRATEGIES,
            seeds: tuple[int, ...] = (0, 1), cache_dir: str | Path | None = None, progress: bool = True) -> dict:
     from .train import resume, train
 
-    unknown = [s for s in strategies if s not in STRATEGIES]
+    unknown = [s for s in strategies if s not in VARIANTS]
     if unknown:
-        raise AudiotagError(f"unknown strategy {unknown}", hint=f"choose from {', '.join(STRATEGIES)}")
-    needs_teacher = any(STRATEGIES[s]["noisy.strategy"] == "pseudo" for s in strategies)
+        raise AudiotagError(f"unknown variant {unknown}", hint=f"choose from {', '.join(VARIANTS)}")
+    needs_teacher = any(VARIANTS[s]["noisy.strategy"] == "pseudo" for s in strategies)
     order = list(dict.fromkeys((["curated"] if needs_teacher or "curated" in strategies else []) + list(strategies)))
     out = Path(out)
     runs: dict[tuple[str, int], Run] = {}
     for seed in seeds:
         for name in order:
             folder = out / f"{name}-s{seed}"
-            changes = {**STRATEGIES[name], "seed": seed}
-            if STRATEGIES[name]["noisy.strategy"] == "pseudo":
+            changes = {**VARIANTS[name], "seed": seed}
+            if VARIANTS[name]["noisy.strategy"] == "pseudo":
                 changes["noisy.teacher"] = str(runs[("curated", seed)].dir.resolve())
             config = _with(base, {k: v for k, v in changes.items() if k != "seed"})
             config = config_from_dict({**config.to_dict(), "seed": seed})
@@ -106,20 +140,24 @@ def write_table(runs: dict[tuple[str, int], Run], *, strategies: tuple[str, ...]
             fnames, _, probs = read_predictions(run.dir / "test_predictions.csv")
             index = {f: i for i, f in enumerate(fnames)}
             preds[key] = probs[[index[f] for f in truth[0]]]
+    baseline = "curated" if "curated" in strategies else strategies[0]
+    oof = {key: _oof_matrix(run) for key, run in runs.items()}
     rows = []
     for name in strategies:
         scores = [runs[(name, s)].scores for s in seeds]
-        oof = [sc["oof_lwlrap"] for sc in scores]
+        oof_scores = [sc["oof_lwlrap"] for sc in scores]
         minutes = [runs[(name, s)].info.get("wall_seconds", 0) / 60 for s in seeds]
-        row = {"strategy": name, "seeds": len(seeds), "oof_lwlrap": float(np.mean(oof)),
-               "oof_std": float(np.std(oof)), "minutes": float(np.mean(minutes))}
+        row = {"strategy": name, "seeds": len(seeds), "oof_lwlrap": float(np.mean(oof_scores)),
+               "oof_std": float(np.std(oof_scores)), "minutes": float(np.mean(minutes))}
+        if name != baseline:
+            row["oof_corr_baseline"] = float(np.mean([_pearson(oof[(name, s)], oof[(baseline, s)]) for s in seeds]))
         if truth is not None:
             test = [lwlrap(truth[1], preds[(name, s)]) for s in seeds]
             row.update(test_lwlrap=float(np.mean(test)), test_std=float(np.std(test)))
-            if name != "curated" and ("curated", seeds[0]) in runs:
+            if name != baseline:
                 # seed-averaged predictions of both, the same resampled clips for both
                 a = np.mean([preds[(name, s)] for s in seeds], axis=0)
-                b = np.mean([preds[("curated", s)] for s in seeds], axis=0)
+                b = np.mean([preds[(baseline, s)] for s in seeds], axis=0)
                 lo, hi = _bootstrap_diff(truth[1], a, b)
                 row.update(test_vs_curated=float(lwlrap(truth[1], a) - lwlrap(truth[1], b)),
                            diff_ci90_low=lo, diff_ci90_high=hi)
@@ -127,21 +165,25 @@ def write_table(runs: dict[tuple[str, int], Run], *, strategies: tuple[str, ...]
     columns = ["strategy", "seeds", "oof_lwlrap", "oof_std"]
     if truth is not None:
         columns += ["test_lwlrap", "test_std", "test_vs_curated", "diff_ci90_low", "diff_ci90_high"]
-    columns += ["minutes"]
+    columns += ["oof_corr_baseline", "minutes"]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(columns)
     for r in rows:
         writer.writerow([f"{r[c]:.4f}" if isinstance(r.get(c), float) else r.get(c, "") for c in columns])
     fsutil.write_text(out / "ablation.csv", text.getvalue())
-    md = ["| strategy | OOF lwlrap (curated) | test lwlrap | test vs curated [90% CI] | minutes/run |", "|---|---|---|---|---|"]
+    md = [f"| variant | OOF lwlrap (curated) | test lwlrap | test vs {baseline} [90% CI] | OOF corr. with {baseline} "
+          "| minutes/run |", "|---|---|---|---|---|---|"]
     for r in rows:
         test = f"{r['test_lwlrap']:.4f} ± {r['test_std']:.4f}" if "test_lwlrap" in r else "-"
         diff = (f"{r['test_vs_curated']:+.4f} [{r['diff_ci90_low']:+.4f}, {r['diff_ci90_high']:+.4f}]"
                 if "test_vs_curated" in r else "-")
-        md.append(f"| {r['strategy']} | {r['oof_lwlrap']:.4f} ± {r['oof_std']:.4f} | {test} | {diff} | {r['minutes']:.1f} |")
+        corr = f"{r['oof_corr_baseline']:.3f}" if "oof_corr_baseline" in r else "-"
+        md.append(f"| {r['strategy']} | {r['oof_lwlrap']:.4f} ± {r['oof_std']:.4f} | {test} | {diff} | {corr} "
+                  f"| {r['minutes']:.1f} |")
     md += ["", f"Seeds: {', '.join(map(str, seeds))} (± is the std over seeds). The interval is a paired bootstrap "
-           "over test clips of the seed-averaged predictions.", ""]
+           f"over test clips of the seed-averaged predictions; `test_vs_curated` in ablation.csv is the difference "
+           f"from the baseline ({baseline}). The correlation is Pearson's over all OOF clip×class probabilities.", ""]
     fsutil.write_text(out / "ablation.md", "\n".join(md))
     summary = {"rows": rows, "runs": {f"{k[0]}-s{k[1]}": str(v.dir) for k, v in runs.items()},
                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

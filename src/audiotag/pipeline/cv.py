@@ -26,6 +26,7 @@ from ..engine.checkpoint import load_checkpoint
 from ..engine.mixmatch import MixMatchTrainer
 from ..engine.trainer import Trainer, lr_lambda
 from ..features.cache import FeatureSet
+from ..features.frontend import channel_names
 from ..metrics import lwlrap
 from ..models import build_model
 from .inputs import ClipBank, CropSampler
@@ -110,7 +111,8 @@ def _fit(folder, *, model: torch.nn.Module, sampler: CropSampler, val_bank: Clip
     if t.early_stopping_patience and early_stopping:
         callbacks.append(EarlyStopping(patience=t.early_stopping_patience))
     common = dict(optimizer=optimizer, scheduler=scheduler, device=device, precision=precision,
-                  transforms=build_transforms(config.augment, seed=config.seed * 1000 + stream),
+                  transforms=build_transforms(config.augment, seed=config.seed * 1000 + stream,
+                                              channels=channel_names(config.features)),
                   grad_clip=t.grad_clip, callbacks=callbacks, loss_fn=loss_fn)
     if mixmatch:
         n = config.noisy
