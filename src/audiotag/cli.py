@@ -207,6 +207,21 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_pipeline(args) -> int:
+    from .config import load_config
+    from .pipeline.recipe import bundled_recipe, load_recipe, run_pipeline
+
+    path = Path(args.recipe) if Path(args.recipe).is_file() or args.recipe.endswith((".yaml", ".yml")) \
+        else bundled_recipe(args.recipe)
+    recipe = load_recipe(path, args.overrides)
+    summary = run_pipeline(recipe, _data_spec(args), out=args.out, base=load_config(args.config),
+                           cache_dir=args.cache_dir, progress=not args.quiet)
+    print((Path(args.out) / "pipeline.md").read_text(), end="")
+    if "submission" in summary:
+        print(f"submission: {summary['submission']}")
+    return 0
+
+
 def cmd_ensemble(args) -> int:
     from .pipeline.ensemble import DEFAULT_BLENDS, ensemble_runs
 
@@ -436,6 +451,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop a run whose Pearson r with a better kept run exceeds R (default 0.97; 1 keeps all)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_ensemble)
+
+    p = _sub(subs, "pipeline", "run a recipe of stages (baseline, noisy set, other inputs, blend) to a submission",
+             "RECIPE is a YAML file or a bundled recipe: demo (the demo data, minutes), cpu-small (a --scale small "
+             "benchmark on a 2-core CPU), gpu-full (FSDKaggle2019 on a GPU). Every stage is a run folder under OUT; "
+             "OUT/pipeline.json records what each stage was made from, so running the same command again skips "
+             "finished stages, resumes an interrupted one and redoes only stages whose settings or inputs changed. "
+             "Ends with OUT/submission.csv and OUT/pipeline.md (CV and test lwlrap, minutes and inference time per "
+             "stage). --set applies to every stage, over the recipe.",
+             "audiotag pipeline demo --data demo/data --out runs/pipeline-demo\n"
+             "audiotag pipeline cpu-small --data .bench/small --out runs/pipeline --cache-dir .bench/cache\n"
+             "audiotag pipeline my-recipe.yaml --data data/fat2019 --out runs/p --set train.epochs=5")
+    p.add_argument("recipe", metavar="RECIPE", help="a recipe YAML file, or demo | cpu-small | gpu-full")
+    _add_data_args(p, option=True)
+    _add_config_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the stages, report and submission")
+    p.add_argument("--cache-dir", metavar="DIR", help="feature cache folder")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_pipeline)
 
     p = _sub(subs, "ablate", "compare noisy-set strategies, inputs or model families on the same folds and seeds",
              "Train each variant for each seed as a normal run folder under OUT, then write ablation.md/.csv: OOF "

@@ -1,0 +1,267 @@
+"""``audiotag pipeline``: a recipe of stages run in order, each an ordinary run folder, ending with
+``submission.csv``.
+
+A recipe is YAML data::
+
+    set:                      # overrides for every stage (dotted keys)
+      train.epochs: 30
+    stages:
+      - name: baseline        # a training stage: a run folder OUT/baseline
+      - name: pseudo
+        variant: pseudo_agree # a named variant of `audiotag ablate` (config changes)
+        teacher: baseline     # pseudo-labelling: the finished stage that labels the noisy clips
+      - name: cqt
+        set: {features.channels: [logmel, cqt]}
+      - name: blend           # an ensemble stage: blends finished stages, writes the submission
+        ensemble: [baseline, pseudo, cqt]
+
+Each stage's fingerprint (its resolved config and its inputs' fingerprints) is recorded in
+``OUT/pipeline.json``. Re-running skips a finished stage whose fingerprint is unchanged, resumes
+an interrupted one, and redoes (after moving the old folder aside) one whose config or inputs
+changed, so a killed pipeline continues where it stopped without repeating finished work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import fsutil
+from ..config import Config, _merge, config_from_dict, parse_override
+from ..errors import AudiotagError, ConfigError
+from .ablation import VARIANTS
+from .runs import DataSpec, Run
+
+STAGE_KEYS = {"name", "set", "variant", "teacher", "ensemble", "blends", "prune"}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# FAT2019's kernels had one hour of GPU time for ~3,400 private test clips.
+KAGGLE_TEST_CLIPS = 3361
+
+
+@dataclass
+class Stage:
+    name: str
+    changes: dict = field(default_factory=dict)  # nested config overrides
+    teacher: str | None = None
+    ensemble: list[str] | None = None
+    blends: list[str] | None = None
+    prune: float = 0.97
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.ensemble or []) + ([self.teacher] if self.teacher else [])
+
+
+@dataclass
+class Recipe:
+    stages: list[Stage]
+    changes: dict = field(default_factory=dict)  # the recipe's `set`, under each stage's own
+    forced: dict = field(default_factory=dict)  # command-line --set: over everything
+    source: str = ""
+
+    @property
+    def final(self) -> Stage:
+        return self.stages[-1]
+
+
+def _nested(flat: dict, where: str) -> dict:
+    """``{"train.epochs": 30}`` or nested dicts -> nested dict, via the same parser as ``--set``."""
+    if not isinstance(flat, dict):
+        raise ConfigError(f"{where}: `set` must be a mapping of setting: value")
+    out: dict = {}
+    for key, value in flat.items():
+        if isinstance(value, dict):
+            out = _merge(out, {key: _nested(value, where)})
+        else:
+            out = _merge(out, parse_override(f"{key}={json.dumps(value)}"))
+    return out
+
+
+def parse_recipe(data: dict, *, source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
+        raise ConfigError(f"{source}: a pipeline recipe needs a non-empty `stages` list")
+    unknown = set(data) - {"set", "stages", "description"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level key(s) {sorted(unknown)}", hint="use set, stages, description")
+    stages: list[Stage] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(data["stages"]):
+        where = f"{source}: stage {i + 1}"
+        if not isinstance(raw, dict) or "name" not in raw:
+            raise ConfigError(f"{where} needs a `name`")
+        bad = set(raw) - STAGE_KEYS
+        if bad:
+            raise ConfigError(f"{where} ({raw['name']}): unknown key(s) {sorted(bad)}",
+                              hint=f"a stage takes {', '.join(sorted(STAGE_KEYS))}")
+        name = str(raw["name"])
+        if not NAME.match(name) or name in seen:
+            raise ConfigError(f"{where}: stage name {name!r} is " + ("used twice" if name in seen else
+                              "not a plain folder name (letters, digits, _ . -)"))
+        changes: dict = {}
+        if "variant" in raw:
+            if raw["variant"] not in VARIANTS:
+                raise ConfigError(f"{where} ({name}): unknown variant {raw['variant']!r}",
+                                  hint=f"choose from {', '.join(VARIANTS)}")
+            changes = _nested(VARIANTS[raw["variant"]], where)
+        changes = _merge(changes, _nested(raw.get("set") or {}, where))
+        stage = Stage(name=name, changes=changes, teacher=raw.get("teacher"), ensemble=raw.get("ensemble"),
+                      blends=raw.get("blends"), prune=float(raw.get("prune", 0.97)))
+        for dep in stage.inputs:
+            if dep not in seen:
+                raise ConfigError(f"{where} ({name}) uses stage {dep!r}, which is not an earlier stage")
+        if stage.ensemble is not None and (len(stage.ensemble) < 2 or changes or stage.teacher):
+            raise ConfigError(f"{where} ({name}): an ensemble stage lists two or more earlier stages and nothing else")
+        if stage.ensemble is None and stage.teacher is None and changes.get("noisy", {}).get("strategy") == "pseudo":
+            raise ConfigError(f"{where} ({name}): pseudo-labelling needs `teacher: <an earlier curated-only stage>`")
+        stages.append(stage)
+        seen.add(name)
+    for stage in stages:
+        for dep in stage.inputs:
+            if next(s for s in stages if s.name == dep).ensemble is not None:
+                raise ConfigError(f"stage {stage.name} uses ensemble stage {dep} as an input; use training stages")
+    return Recipe(stages=stages, changes=_nested(data.get("set") or {}, source), source=source)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    from ..config import read_yaml
+
+    recipe = parse_recipe(read_yaml(path), source=str(path))
+    for text in overrides:
+        recipe.forced = _merge(recipe.forced, parse_override(text))
+    return recipe
+
+
+def bundled_recipe(name: str) -> Path:
+    path = Path(__file__).resolve().parents[1] / "configs" / f"pipeline-{name}.yaml"
+    if not path.exists():
+        raise AudiotagError(f"no bundled recipe {name!r}", hint="choose cpu-small, gpu-full or demo, or give a YAML file")
+    return path
+
+
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_config(recipe: Recipe, stage: Stage, *, base: Config, out: Path) -> Config:
+    data = _merge(_merge(_merge(base.to_dict(), recipe.changes), stage.changes), recipe.forced)
+    if stage.teacher:
+        data = _merge(data, {"noisy": {"teacher": str((out / stage.teacher).resolve())}})
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"stage {stage.name}: {e.message}", hint=e.hint) from None
+
+
+def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Config | None = None,
+                 cache_dir: str | Path | None = None, progress: bool = True, log=print) -> dict:
+    """Run every stage of ``recipe`` into ``out``; returns the summary written to ``pipeline.json``."""
+    from .ensemble import DEFAULT_BLENDS, ensemble_runs
+    from .train import resume, train
+
+    base = base or Config()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "pipeline.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    recorded = state.get("stages", {})
+    data = data.absolute()
+    fingerprints: dict[str, str] = {}
+    results: dict[str, dict] = {}
+    started = time.perf_counter()
+    for i, stage in enumerate(recipe.stages, 1):
+        folder = out / stage.name
+        if stage.ensemble is None:
+            config = stage_config(recipe, stage, base=base, out=out)
+            fp = _fingerprint(config.to_dict(), vars(data), [fingerprints[d] for d in stage.inputs])
+        else:
+            config = None
+            fp = _fingerprint(stage.ensemble, stage.blends, stage.prune, [fingerprints[d] for d in stage.inputs])
+        fingerprints[stage.name] = fp
+        previous = recorded.get(stage.name, {})
+        if folder.exists() and previous.get("fingerprint") != fp:
+            aside = out / ".replaced" / f"{stage.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            aside.parent.mkdir(exist_ok=True)
+            shutil.move(str(folder), str(aside))
+            log(f"[{i}/{len(recipe.stages)}] {stage.name}: settings or inputs changed; old folder moved to {aside}")
+        t0 = time.perf_counter()
+        if stage.ensemble is None:
+            if (folder / "run.json").exists():
+                run = Run.open(folder)
+                if run.info.get("status") == "done":
+                    log(f"[{i}/{len(recipe.stages)}] {stage.name}: done earlier, reused")
+                else:
+                    log(f"[{i}/{len(recipe.stages)}] {stage.name}: resuming")
+                    run = resume(folder, progress=progress)
+            else:
+                log(f"[{i}/{len(recipe.stages)}] {stage.name}: training ({config.model.name}, "
+                    f"noisy {config.noisy.strategy}, {config.train.folds} folds x {config.train.epochs} epochs)")
+                recorded[stage.name] = {"fingerprint": fp, "status": "running"}
+                _save_state(state_path, recipe, recorded)
+                run = train(data, config, out=folder, cache_dir=cache_dir, progress=progress)
+            scores = run.scores or {}
+            results[stage.name] = {"kind": "train", "folder": str(folder), "oof_lwlrap": scores.get("oof_lwlrap"),
+                                   "test_lwlrap": scores.get("test_lwlrap"),
+                                   "minutes": run.info.get("wall_seconds", 0) / 60,
+                                   "inference_ms_per_clip": scores.get("test_inference_ms_per_clip")}
+        else:
+            done = folder / "ensemble.json"
+            if done.exists():
+                log(f"[{i}/{len(recipe.stages)}] {stage.name}: done earlier, reused")
+                summary = json.loads(done.read_text())
+            else:
+                log(f"[{i}/{len(recipe.stages)}] {stage.name}: blending {', '.join(stage.ensemble)}")
+                summary = ensemble_runs([out / s for s in stage.ensemble], out=folder,
+                                        blends=tuple(stage.blends or DEFAULT_BLENDS), prune_threshold=stage.prune,
+                                        progress=progress)
+            chosen = next(b for b in summary["blends"] if b["blend"] == summary["chosen"])
+            kept = summary["kept"]
+            results[stage.name] = {"kind": "ensemble", "folder": str(folder), "oof_lwlrap": chosen["nested_oof_lwlrap"],
+                                   "test_lwlrap": chosen.get("test_lwlrap"), "blend": summary["chosen"],
+                                   "members": kept, "minutes": (time.perf_counter() - t0) / 60,
+                                   "inference_ms_per_clip": _sum_or_none(results[m]["inference_ms_per_clip"]
+                                                                         for m in kept)}
+        recorded[stage.name] = {"fingerprint": fp, "status": "done", **results[stage.name]}
+        _save_state(state_path, recipe, recorded)
+    final = recipe.final
+    final_folder = out / final.name
+    source = final_folder / ("submission.csv" if final.ensemble else "test_predictions.csv")
+    summary = {"stages": results, "final_stage": final.name, "recipe": recipe.source,
+               "wall_minutes_this_call": (time.perf_counter() - started) / 60}
+    if source.exists():
+        fsutil.write_bytes(out / "submission.csv", source.read_bytes())
+        summary["submission"] = str(out / "submission.csv")
+    _save_state(state_path, recipe, recorded, extra=summary)
+    fsutil.write_text(out / "pipeline.md", _markdown(results, final.name))
+    return summary
+
+
+def _sum_or_none(values) -> float | None:
+    values = list(values)
+    return None if any(v is None for v in values) else float(sum(values))
+
+
+def _save_state(path: Path, recipe: Recipe, stages: dict, *, extra: dict | None = None) -> None:
+    body = {"recipe": recipe.source, "changes": recipe.changes, "forced": recipe.forced, **(extra or {}),
+            "stages": stages}
+    fsutil.write_text(path, json.dumps(body, indent=2, default=str))
+
+
+def _markdown(results: dict[str, dict], final: str) -> str:
+    lines = ["| stage | kind | OOF lwlrap | test lwlrap | minutes | inference ms/clip | est. for 3,361 clips |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        def f(v, fmt):
+            return format(v, fmt) if v is not None else "-"
+        ms = r.get("inference_ms_per_clip")
+        estimate = f"{ms * KAGGLE_TEST_CLIPS / 60000:.1f} min" if ms is not None else "-"
+        kind = r["kind"] + (f" ({r['blend']}: {', '.join(r['members'])})" if r["kind"] == "ensemble" else "")
+        lines.append(f"| {name}{' (final)' if name == final else ''} | {kind} | {f(r['oof_lwlrap'], '.4f')} | "
+                     f"{f(r.get('test_lwlrap'), '.4f')} | {r['minutes']:.1f} | {f(ms, '.1f')} | {estimate} |")
+    lines += ["", "Inference time is measured on this machine's test predictions (all folds, TTA included); the "
+              "estimate scales it to FAT2019's 3,361 private test clips (its kernels had one GPU hour).", ""]
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""`audiotag pipeline`: stages in order, reuse of finished work, resumption after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from audiotag import cli
+from audiotag.errors import ConfigError
+from audiotag.pipeline.recipe import bundled_recipe, load_recipe, parse_recipe
+
+from test_train import TINY
+
+RECIPE = {
+    "set": {"train.epochs": 2},
+    "stages": [
+        {"name": "baseline"},
+        {"name": "freqpos", "set": {"features.channels": ["logmel", "freqpos"]}},
+        {"name": "blend", "ensemble": ["baseline", "freqpos"], "blends": ["mean", "weighted"]},
+    ],
+}
+
+
+def write_recipe(path, recipe=RECIPE):
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_cli(recipe, demo_data, out, cache):
+    args = ["pipeline", str(recipe), "--data", str(demo_data), "--out", str(out), "--cache-dir", str(cache), "-q"]
+    for item in TINY:
+        args += ["--set", item]
+    return cli.main(args)
+
+
+def mtimes(out):
+    return {p.relative_to(out): p.stat().st_mtime_ns for p in out.glob("*/fold_*/best.pt")}
+
+
+def test_stages_run_in_order_and_finished_ones_are_reused(demo_data, tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "recipe.yaml")
+    out, cache = tmp_path / "p", tmp_path / "cache"
+    assert run_cli(recipe, demo_data, out, cache) == 0
+    state = json.loads((out / "pipeline.json").read_text())
+    assert [s["status"] for s in state["stages"].values()] == ["done"] * 3
+    assert (out / "submission.csv").read_bytes() == (out / "blend" / "submission.csv").read_bytes()
+    assert (out / "freqpos" / "config.yaml").read_text().count("freqpos") >= 1
+    assert yaml.safe_load((out / "baseline" / "config.yaml").read_text())["train"]["epochs"] == 3  # --set wins
+    first = mtimes(out)
+    assert len(first) == 4  # 2 training stages x 2 folds
+
+    capsys.readouterr()
+    assert run_cli(recipe, demo_data, out, cache) == 0  # unchanged: nothing retrained
+    assert "done earlier, reused" in capsys.readouterr().out
+    assert mtimes(out) == first
+
+    changed = json.loads(json.dumps(RECIPE))
+    changed["stages"][1]["set"]["model.dropout"] = 0.3
+    assert run_cli(write_recipe(recipe, changed), demo_data, out, cache) == 0
+    now = mtimes(out)
+    assert {k: v for k, v in now.items() if k.parts[0] == "baseline"} == \
+           {k: v for k, v in first.items() if k.parts[0] == "baseline"}  # untouched
+    assert all(now[k] != first[k] for k in now if k.parts[0] == "freqpos")  # redone
+    assert (out / ".replaced").is_dir() and len(list((out / ".replaced").iterdir())) == 2  # freqpos, blend
+
+
+@pytest.mark.slow
+def test_a_pipeline_killed_mid_stage_finishes_without_redoing_stages_and_matches(demo_data, tmp_path):
+    recipe = write_recipe(tmp_path / "recipe.yaml")
+    cache = tmp_path / "cache"
+    assert run_cli(recipe, demo_data, tmp_path / "straight", cache) == 0
+
+    cut = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "audiotag", "pipeline", str(recipe), "--data", str(demo_data), "--out", str(cut),
+           "--cache-dir", str(cache), "-q"] + [a for item in TINY for a in ("--set", item)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (cut / "freqpos" / "fold_0" / "last.pt").exists():
+        time.sleep(0.02)  # the baseline stage is finished and the second is under way
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads((cut / "pipeline.json").read_text())["stages"]["baseline"]["status"] == "done"
+    before = {k: v for k, v in mtimes(cut).items() if k.parts[0] == "baseline"}
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert {k: v for k, v in mtimes(cut).items() if k.parts[0] == "baseline"} == before
+    # the resumed stage continues exactly: the final submission is the uninterrupted one, to the bit
+    assert (cut / "submission.csv").read_bytes() == (tmp_path / "straight" / "submission.csv").read_bytes()
+
+
+@pytest.mark.parametrize("stages, message", [
+    ([{"name": "a"}, {"name": "a"}], "used twice"),
+    ([{"name": "a", "epochs": 3}], "unknown key"),
+    ([{"name": "b", "ensemble": ["a", "c"]}], "not an earlier stage"),
+    ([{"name": "a"}, {"name": "p", "variant": "pseudo_agree"}], "needs `teacher"),
+    ([{"name": "a"}, {"name": "b"}, {"name": "e", "ensemble": ["a", "b"], "set": {"train.epochs": 1}}], "nothing else"),
+    ([{"name": "a", "variant": "nope"}], "unknown variant"),
+    ([{"name": "../x"}], "plain folder name"),
+])
+def test_recipes_that_cannot_work_are_refused_before_any_training(stages, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_recipe({"stages": stages})
+
+
+def test_bundled_recipes_are_valid(tmp_path):
+    from audiotag.config import Config
+    from audiotag.pipeline.recipe import stage_config
+
+    for name in ("demo", "cpu-small", "gpu-full"):
+        recipe = load_recipe(bundled_recipe(name))
+        assert recipe.final.ensemble, name  # every recipe ends with a blend
+        for stage in recipe.stages:
+            if stage.ensemble is None:
+                stage_config(recipe, stage, base=Config(), out=tmp_path)  # validates
