@@ -222,6 +222,14 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report.html import build_report
+
+    page = build_report(args.target, args.out, ablations=args.ablation or [], progress=not args.quiet)
+    print(f"report: {page} (one self-contained HTML file; open it in a browser)")
+    return 0
+
+
 def cmd_ensemble(args) -> int:
     from .pipeline.ensemble import DEFAULT_BLENDS, ensemble_runs
 
@@ -469,6 +477,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pipeline)
+
+    p = _sub(subs, "report", "one self-contained HTML page about a run or a pipeline",
+             "Data summary, every stage's CV and test lwlrap, time and inference cost, ablation tables (--ablation), "
+             "per-class lwlrap of the final predictions, the ensemble's correlation heatmap, training curves and "
+             "example spectrograms with predicted vs true tags, in OUT/index.html with the images embedded.",
+             "audiotag report runs/pipeline --out runs/pipeline/report\n"
+             "audiotag report runs/baseline --out report --ablation runs/ablation")
+    p.add_argument("target", metavar="RUN_OR_PIPELINE", help="a run folder or a pipeline folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for index.html")
+    p.add_argument("--ablation", action="append", metavar="DIR", help="an `audiotag ablate` folder to include "
+                                                                       "(repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_report)
 
     p = _sub(subs, "ablate", "compare noisy-set strategies, inputs or model families on the same folds and seeds",
              "Train each variant for each seed as a normal run folder under OUT, then write ablation.md/.csv: OOF "
