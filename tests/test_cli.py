@@ -95,3 +95,6 @@ def test_demo_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "demo finished" in result.stdout
     assert (tmp_path / "demo" / "inspect" / "summary.md").exists()
+    assert (tmp_path / "demo" / "report" / "index.html").exists()
+    assert (tmp_path / "demo" / "submission.csv").read_bytes() == \
+           (tmp_path / "demo" / "pipeline" / "blend" / "submission.csv").read_bytes()

@@ -353,8 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(subs, "demo", "generate the built-in synthetic dataset and run the pipeline on it",
              "Generate a synthetic FAT2019-layout dataset (14 sound classes, curated/noisy/test splits) "
-             "and run check -> inspect -> train (K-fold CV) -> predict -> score on it, with the small settings "
-             "of configs/demo.yaml. Needs no download; a few minutes on a 2-core CPU.",
+             "and run check -> inspect -> the demo pipeline recipe (a log-mel CNN and a log-mel+CQT CNN, each with "
+             "K-fold CV, blended by nested CV) -> score -> HTML report on it. Needs no download; a few minutes on a "
+             "2-core CPU.",
              "audiotag demo --out demo")
     p.add_argument("--out", default="demo", metavar="DIR", help="folder for the data, cache and outputs (default: demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated dataset (default 0)")
