@@ -70,6 +70,19 @@ def test_stages_run_in_order_and_finished_ones_are_reused(demo_data, tmp_path, c
     assert all(now[k] != first[k] for k in now if k.parts[0] == "freqpos")  # redone
     assert (out / ".replaced").is_dir() and len(list((out / ".replaced").iterdir())) == 2  # freqpos, blend
 
+    # an inference budget that fits one member but not both: the blend drops the cheaper loss
+    stages = json.loads((out / "pipeline.json").read_text())["stages"]
+    minutes = {m: stages[m]["inference_ms_per_clip"] * 3361 / 60000 for m in ("baseline", "freqpos")}
+    changed["stages"][2]["budget_minutes"] = max(minutes.values()) * 1.01
+    assert run_cli(write_recipe(recipe, changed), demo_data, out, cache) == 0
+    blend = json.loads((out / "pipeline.json").read_text())["stages"]["blend"]
+    assert len(blend["budget_cuts"]) == 1 and len(blend["members"]) == 1
+    cut = blend["budget_cuts"][0]
+    assert cut["minutes_after"] <= changed["stages"][2]["budget_minutes"] < cut["minutes_before"]
+    assert "inference budget dropped" in (out / "pipeline.md").read_text()
+    kept = blend["members"][0]
+    assert (out / "submission.csv").read_bytes() == (out / kept / "test_predictions.csv").read_bytes()
+
 
 @pytest.mark.slow
 def test_a_pipeline_killed_mid_stage_finishes_without_redoing_stages_and_matches(demo_data, tmp_path):
@@ -103,6 +116,7 @@ def test_a_pipeline_killed_mid_stage_finishes_without_redoing_stages_and_matches
     ([{"name": "a"}, {"name": "b"}, {"name": "e", "ensemble": ["a", "b"], "set": {"train.epochs": 1}}], "nothing else"),
     ([{"name": "a", "variant": "nope"}], "unknown variant"),
     ([{"name": "../x"}], "plain folder name"),
+    ([{"name": "a", "budget_minutes": 5}], "budget_minutes"),
 ])
 def test_recipes_that_cannot_work_are_refused_before_any_training(stages, message):
     with pytest.raises(ConfigError, match=message):

@@ -37,7 +37,7 @@ from ..errors import AudiotagError, ConfigError
 from .ablation import VARIANTS
 from .runs import DataSpec, Run
 
-STAGE_KEYS = {"name", "set", "variant", "teacher", "ensemble", "blends", "prune"}
+STAGE_KEYS = {"name", "set", "variant", "teacher", "ensemble", "blends", "prune", "budget_minutes"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # FAT2019's kernels had one hour of GPU time for ~3,400 private test clips.
 KAGGLE_TEST_CLIPS = 3361
@@ -51,6 +51,9 @@ class Stage:
     ensemble: list[str] | None = None
     blends: list[str] | None = None
     prune: float = 0.97
+    # Ensemble stages: the most minutes inference may take on KAGGLE_TEST_CLIPS clips (as measured
+    # on this machine); members are dropped, cheapest loss first, until the blend fits.
+    budget_minutes: float | None = None
 
     @property
     def inputs(self) -> list[str]:
@@ -110,7 +113,10 @@ def parse_recipe(data: dict, *, source: str = "recipe") -> Recipe:
             changes = _nested(VARIANTS[raw["variant"]], where)
         changes = _merge(changes, _nested(raw.get("set") or {}, where))
         stage = Stage(name=name, changes=changes, teacher=raw.get("teacher"), ensemble=raw.get("ensemble"),
-                      blends=raw.get("blends"), prune=float(raw.get("prune", 0.97)))
+                      blends=raw.get("blends"), prune=float(raw.get("prune", 0.97)),
+                      budget_minutes=None if raw.get("budget_minutes") is None else float(raw["budget_minutes"]))
+        if stage.budget_minutes is not None and (stage.ensemble is None or stage.budget_minutes <= 0):
+            raise ConfigError(f"{where} ({name}): budget_minutes is a positive number for ensemble stages")
         for dep in stage.inputs:
             if dep not in seen:
                 raise ConfigError(f"{where} ({name}) uses stage {dep!r}, which is not an earlier stage")
@@ -180,7 +186,8 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
             fp = _fingerprint(config.to_dict(), vars(data), [fingerprints[d] for d in stage.inputs])
         else:
             config = None
-            fp = _fingerprint(stage.ensemble, stage.blends, stage.prune, [fingerprints[d] for d in stage.inputs])
+            fp = _fingerprint(stage.ensemble, stage.blends, stage.prune, stage.budget_minutes,
+                              [fingerprints[d] for d in stage.inputs])
         fingerprints[stage.name] = fp
         previous = recorded.get(stage.name, {})
         if folder.exists() and previous.get("fingerprint") != fp:
@@ -214,15 +221,26 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
                 log(f"[{i}/{len(recipe.stages)}] {stage.name}: done earlier, reused")
                 summary = json.loads(done.read_text())
             else:
-                log(f"[{i}/{len(recipe.stages)}] {stage.name}: blending {', '.join(stage.ensemble)}")
-                summary = ensemble_runs([out / s for s in stage.ensemble], out=folder,
+                members, cuts = list(stage.ensemble), []
+                if stage.budget_minutes is not None:
+                    members, cuts = fit_budget(out, members, {m: results[m]["inference_ms_per_clip"] for m in members},
+                                               stage.budget_minutes)
+                    for cut in cuts:
+                        log(f"    budget: dropped {cut['dropped']} ({cut['minutes_before']:.1f} -> "
+                            f"{cut['minutes_after']:.1f} min, mean-blend OOF lwlrap {cut['oof_before']:.4f} -> "
+                            f"{cut['oof_after']:.4f})")
+                log(f"[{i}/{len(recipe.stages)}] {stage.name}: blending {', '.join(members)}")
+                summary = ensemble_runs([out / s for s in members], out=folder,
                                         blends=tuple(stage.blends or DEFAULT_BLENDS), prune_threshold=stage.prune,
-                                        progress=progress)
+                                        progress=progress) if len(members) > 1 else _single(out / members[0], folder)
+                summary["budget_cuts"] = cuts
+                fsutil.write_text(folder / "ensemble.json", json.dumps(summary, indent=2))
             chosen = next(b for b in summary["blends"] if b["blend"] == summary["chosen"])
             kept = summary["kept"]
             results[stage.name] = {"kind": "ensemble", "folder": str(folder), "oof_lwlrap": chosen["nested_oof_lwlrap"],
                                    "test_lwlrap": chosen.get("test_lwlrap"), "blend": summary["chosen"],
                                    "members": kept, "minutes": (time.perf_counter() - t0) / 60,
+                                   "budget_cuts": summary.get("budget_cuts", []),
                                    "inference_ms_per_clip": _sum_or_none(results[m]["inference_ms_per_clip"]
                                                                          for m in kept)}
         recorded[stage.name] = {"fingerprint": fp, "status": "done", **results[stage.name]}
@@ -238,6 +256,56 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
     _save_state(state_path, recipe, recorded, extra=summary)
     fsutil.write_text(out / "pipeline.md", _markdown(results, final.name))
     return summary
+
+
+def fit_budget(out: Path, members: list[str], ms_per_clip: dict[str, float | None],
+               budget_minutes: float) -> tuple[list[str], list[dict]]:
+    """Drop members until the estimated inference time on KAGGLE_TEST_CLIPS clips fits the budget,
+    each time the one whose loss costs the mean blend the least OOF lwlrap; returns the kept members
+    and one row per cut with its time and lwlrap before and after."""
+    import numpy as np
+
+    from ..metrics import lwlrap
+    from .ensemble import _stack, _truth, check_aligned, load_member
+
+    if any(ms_per_clip[m] is None for m in members):
+        raise AudiotagError("an inference budget needs every member's measured inference time",
+                            hint="the members must have predicted a test split")
+    loaded = [load_member(out / m, m) for m in members]
+    check_aligned(loaded)
+    fnames, X, test_fnames, _ = _stack(loaded)
+    y, _ = _truth(loaded[0], fnames, test_fnames)
+
+    def minutes(kept):
+        return sum(ms_per_clip[members[j]] for j in kept) * KAGGLE_TEST_CLIPS / 60000
+
+    def score(kept):
+        return lwlrap(y, X[:, kept].mean(axis=1))
+
+    kept, cuts = list(range(len(members))), []
+    while minutes(kept) > budget_minutes and len(kept) > 1:
+        before_min, before = minutes(kept), score(kept)
+        drop = max(kept, key=lambda j: score([k for k in kept if k != j]))
+        kept.remove(drop)
+        cuts.append({"dropped": members[drop], "minutes_before": before_min, "minutes_after": minutes(kept),
+                     "oof_before": float(before), "oof_after": float(score(kept))})
+    if minutes(kept) > budget_minutes:
+        raise AudiotagError(f"even the single member {members[kept[0]]} needs {minutes(kept):.1f} minutes for "
+                            f"{KAGGLE_TEST_CLIPS} clips, over the budget of {budget_minutes:g}",
+                            hint="lower predict.tta_views or train fewer folds, or raise budget_minutes")
+    return [members[j] for j in kept], cuts
+
+
+def _single(run_dir: Path, folder: Path) -> dict:
+    """An ensemble stage left with one member: its predictions, passed through."""
+    run = Run.open(run_dir)
+    scores = run.scores or {}
+    for name in ("oof_predictions.csv",):
+        fsutil.write_bytes(folder / name, (run_dir / name).read_bytes())
+    fsutil.write_bytes(folder / "submission.csv", (run_dir / "test_predictions.csv").read_bytes())
+    row = {"blend": "single", "nested_oof_lwlrap": scores.get("oof_lwlrap"), "test_lwlrap": scores.get("test_lwlrap")}
+    return {"members": [str(run_dir)], "kept": [run_dir.name], "blends": [row], "chosen": "single",
+            "submission": str(folder / "submission.csv")}
 
 
 def _sum_or_none(values) -> float | None:
@@ -264,4 +332,10 @@ def _markdown(results: dict[str, dict], final: str) -> str:
                      f"{f(r.get('test_lwlrap'), '.4f')} | {r['minutes']:.1f} | {f(ms, '.1f')} | {estimate} |")
     lines += ["", "Inference time is measured on this machine's test predictions (all folds, TTA included); the "
               "estimate scales it to FAT2019's 3,361 private test clips (its kernels had one GPU hour).", ""]
+    for name, r in results.items():
+        for cut in r.get("budget_cuts", []):
+            lines.append(f"- {name}: inference budget dropped **{cut['dropped']}**: {cut['minutes_before']:.1f} → "
+                         f"{cut['minutes_after']:.1f} min, mean-blend OOF lwlrap {cut['oof_before']:.4f} → "
+                         f"{cut['oof_after']:.4f} ({cut['oof_after'] - cut['oof_before']:+.4f})")
+    lines.append("")
     return "\n".join(lines)
