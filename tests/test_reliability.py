@@ -195,3 +195,35 @@ def test_training_and_prediction_never_touch_the_network(demo_data, tmp_path, mo
 
     run = train_tiny(demo_data, tmp_path / "run", tmp_path / "cache", "train.epochs=1", "data.num_workers=1")
     assert run.scores["test_lwlrap"] > 0
+
+
+def test_runs_started_at_once_never_share_a_folder(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from audiotag.errors import AudiotagError
+    from audiotag.pipeline.runs import DataSpec, Run
+
+    def create(out):
+        try:
+            return Run.create(out, config=Config(), data=DataSpec(root=str(tmp_path)), name="vgg",
+                              runs_root=tmp_path / "auto").dir
+        except AudiotagError as e:
+            return e
+
+    with ThreadPoolExecutor(8) as pool:
+        same = list(pool.map(create, [tmp_path / "same"] * 8))
+        auto = list(pool.map(create, [None] * 8))
+    winners = [r for r in same if not isinstance(r, Exception)]
+    assert len(winners) == 1
+    assert all("another audiotag process" in str(e) or "not empty" in str(e) for e in same if isinstance(e, Exception))
+    assert len({str(r) for r in auto}) == 8 and not any(isinstance(r, Exception) for r in auto)  # own folders
+
+
+def test_a_claim_left_by_a_dead_process_is_taken_over(tmp_path):
+    from audiotag.pipeline.runs import CLAIM, DataSpec, Run
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / CLAIM).write_text(proc.stdout.strip())  # that process has exited
+    run = Run.create(tmp_path / "run", config=Config(), data=DataSpec(root=str(tmp_path)))
+    assert (run.dir / "run.json").exists()

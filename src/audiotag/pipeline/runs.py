@@ -92,6 +92,45 @@ def read_oof_predictions(path: Path) -> tuple[list[str], list[str], dict[str, in
             np.array([[float(v) for v in r[2:]] for r in body]))
 
 
+CLAIM = ".claimed"
+
+
+def _claim(folder: Path) -> bool:
+    """Atomically make ``folder`` this process's run folder: exclusive creation of a marker file
+    succeeds in exactly one of several processes started at once with the same ``--out``."""
+    marker = folder / CLAIM
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        if _alive(marker):
+            return False
+        marker.unlink(missing_ok=True)  # left by a process that died before writing its run
+        return _claim(folder)
+    except OSError as e:
+        raise fsutil.OutputError(f"cannot create run folder {folder}: {e.strerror or e}",
+                                 hint="choose a writable --out folder") from None
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
+def _alive(marker: Path) -> bool:
+    try:
+        pid = int(marker.read_text() or 0)
+    except (OSError, ValueError):
+        return True  # being written right now
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Run:
     def __init__(self, folder: Path):
         self.dir = Path(folder)
@@ -101,16 +140,36 @@ class Run:
     @classmethod
     def create(cls, out: str | Path | None, *, config: Config, data: DataSpec, name: str = "run",
                runs_root: str | Path = "runs") -> "Run":
-        if out is None:
+        auto = out is None
+        if auto:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path(runs_root) / f"{stamp}-{name}"
-            while out.exists():
-                out = out.with_name(out.name + "x")
         out = Path(out)
-        if out.exists() and any(out.iterdir()):
-            raise AudiotagError(f"run folder {out} already exists and is not empty",
-                                hint=f"continue it with `audiotag train --resume {out}`, or choose another --out")
+        while True:
+            used = out.exists() and any(p.name != CLAIM for p in out.iterdir())
+            if not used and _claim(out):
+                break
+            if auto:  # two runs started in the same second: the later one takes the next name
+                out = out.with_name(out.name + "x")
+                continue
+            if used:
+                raise AudiotagError(f"run folder {out} already exists and is not empty",
+                                    hint=f"continue it with `audiotag train --resume {out}`, or choose another --out")
+            raise AudiotagError(f"run folder {out} is being created by another audiotag process",
+                                hint=f"choose another --out (if no other process is running, delete {out / CLAIM})")
         run = cls(out)
+        try:
+            run._write_new(config, data)
+        except BaseException:
+            for name in (CLAIM, "config.yaml", "run.json"):  # a run that could not start leaves nothing behind
+                (out / name).unlink(missing_ok=True)
+            if out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            raise
+        return run
+
+    def _write_new(self, config: Config, data: DataSpec) -> None:
+        run = self
         fsutil.write_text(run.dir / "config.yaml", config.to_yaml())
         run.write_info({
             "audiotag": __version__, "created": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -118,7 +177,6 @@ class Run:
             "versions": {**library_versions(), "python": platform.python_version()},
             "host": platform.node(), "cpu_count": os.cpu_count(),
         })
-        return run
 
     @classmethod
     def open(cls, folder: str | Path) -> "Run":
