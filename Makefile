@@ -9,7 +9,7 @@ SHARED ?= ../shared
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
 
-.PHONY: demo test test-fast bench bench-run clean
+.PHONY: demo test test-fast bench bench-run bench-noisy bench-representations bench-ensemble clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,7 @@ test-fast: $(VENV)/.dev
 bench: $(VENV)/.dev .bench/small/train_curated.csv
 	$(BIN)/audiotag bench features .bench/small --report BENCHMARKS.md
 	$(BIN)/audiotag bench training .bench/small --cache-dir .bench/cache --report BENCHMARKS.md
+	$(BIN)/audiotag bench channels .bench/small --limit 200 --report BENCHMARKS.md
 
 # The end-to-end benchmark run: the default config (5 folds, curated only) trained, the test set
 # predicted and scored by the shared scorer, timed from a cold feature cache (about an hour on 2 cores).
@@ -46,6 +47,20 @@ bench-run: $(VENV)/.runtime .bench/small/train_curated.csv
 	time ( $(BIN)/audiotag train --data .bench/small --out .bench/run --cache-dir .bench/run-cache -q && \
 	  $(BIN)/audiotag predict .bench/run --data .bench/small --out .bench/submission.csv -q && \
 	  $(BIN)/python $(SHARED)/bench/score.py --truth .bench/small/test_labels.csv --submission .bench/submission.csv )
+
+# Ablations on the small benchmark, one seed, width-16 CNNs for 30 epochs (hours on 2 cores; each
+# re-run continues where it stopped), and the ensemble of the noisy-set runs.
+ABLATE := $(BIN)/audiotag ablate --data .bench/small --cache-dir .bench/cache --seeds 0 \
+	--set model.width=16 --set train.epochs=30 -q
+bench-noisy: $(VENV)/.runtime .bench/small/train_curated.csv
+	$(ABLATE) --out .bench/ablation-noisy --strategies noisy
+	$(BIN)/audiotag audit .bench/ablation-noisy/curated-s0 --out .bench/audit -q
+
+bench-representations: $(VENV)/.runtime .bench/small/train_curated.csv
+	$(ABLATE) --out .bench/ablation-representations --variants representations
+
+bench-ensemble: bench-noisy
+	$(BIN)/audiotag ensemble .bench/ablation-noisy/*-s0 --out .bench/ensemble -q
 
 clean:
 	rm -rf demo runs .bench .pytest_cache
