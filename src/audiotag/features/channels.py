@@ -110,13 +110,31 @@ def cqt_top_hz(n_bins: int, fmin: float, bins_per_octave: int) -> float:
     return top * (1 + 0.5 / q)
 
 
+def next_smooth(n: int) -> int:
+    """The smallest integer >= ``n`` with no prime factor above 5 (a fast FFT length)."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+def n_fft_max_half(groups: list[tuple[int, int, int, int]]) -> int:
+    """Samples (at the full rate) that the widest decimated window reaches past the clip's end."""
+    return max(n_fft * factor // 2 for _, _, n_fft, factor in groups)
+
+
 class ConstantQ(nn.Module):
     """``(B, N)`` -> ``(B, 1, n_bins, T)`` constant-Q power in dB (same dB convention as LogMel).
 
     Bin ``k`` sits at ``fmin * 2**(k / bins_per_octave)`` with bandwidth ``f_k / Q``; its power is a
     Hann-shaped average of the FFT bins within one bandwidth of the centre, taken from the STFT of
     its octave group, whose unit-energy window holds Q periods of the group's lowest frequency (at
-    least one hop).
+    least one hop). Low groups are computed on the waveform decimated by a power of two (as
+    librosa.cqt does), so their long windows cost a short FFT.
     """
 
     def __init__(self, *, sample_rate: int, hop_length: int, n_bins: int, fmin: float, bins_per_octave: int,
@@ -126,20 +144,27 @@ class ConstantQ(nn.Module):
         self.db_reference, self.top_db, self.amin = db_reference, top_db, amin
         q = 1.0 / (2.0 ** (1.0 / bins_per_octave) - 1)
         freqs = cqt_frequencies(n_bins, fmin, bins_per_octave)
-        self.groups: list[tuple[int, int, int]] = []  # (first bin, stop bin, n_fft)
+        self.groups: list[tuple[int, int, int, int]] = []  # (first bin, stop bin, n_fft, decimation)
         for start in range(0, n_bins, bins_per_octave):
             stop = min(start + bins_per_octave, n_bins)
             # Q periods of the lowest frequency, but never shorter than a hop: every sample is heard.
             length = max(q * sample_rate / freqs[start], float(hop_length))
-            n_fft = 2 ** math.ceil(math.log2(length))
-            fft_hz = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
+            top = cqt_top_hz(stop, fmin, bins_per_octave)
+            factor = 1
+            while (hop_length % (2 * factor) == 0 and top < 0.4 * sample_rate / (2 * factor)
+                   and length / (2 * factor) >= 64):
+                factor *= 2
+            rate = sample_rate / factor
+            n_fft = 2 ** math.ceil(math.log2(length / factor))
+            fft_hz = np.arange(n_fft // 2 + 1) * rate / n_fft
             weights = np.zeros((n_fft // 2 + 1, stop - start))
             for j, f in enumerate(freqs[start:stop]):
-                bandwidth = max(f / q, 2.0 * sample_rate / n_fft)  # at least the window's own resolution
+                bandwidth = max(f / q, 2.0 * rate / n_fft)  # at least the window's own resolution
                 distance = np.abs(fft_hz - f) / bandwidth
                 w = np.where(distance < 1, np.cos(0.5 * np.pi * distance) ** 2, 0.0)
-                weights[:, j] = w / w.sum()
-            win = torch.hann_window(min(int(round(length)), n_fft), periodic=True, dtype=torch.float64)
+                # decimating by `factor` divides white noise's power per sample by it: restore it
+                weights[:, j] = w / w.sum() * factor
+            win = torch.hann_window(min(int(round(length / factor)), n_fft), periodic=True, dtype=torch.float64)
             left = (n_fft - len(win)) // 2
             win = nn.functional.pad(win, (left, n_fft - len(win) - left))
             # Unit energy: white noise reads the same power in every bin, as librosa.cqt(scale=True).
@@ -147,14 +172,35 @@ class ConstantQ(nn.Module):
             self.register_buffer(f"window_{len(self.groups)}", win.float(), persistent=False)
             self.register_buffer(f"weights_{len(self.groups)}", torch.from_numpy(weights.astype(np.float32)),
                                  persistent=False)
-            self.groups.append((start, stop, n_fft))
+            self.groups.append((start, stop, n_fft, factor))
+
+    @staticmethod
+    def _decimated(spectrum: torch.Tensor, n: int, factor: int) -> torch.Tensor:
+        """The waveform (given by the rfft of its ``n`` zero-padded samples, ``n`` divisible by
+        ``factor``) low-passed and resampled to 1/``factor`` of its rate."""
+        n_d = n // factor
+        return torch.fft.irfft(spectrum[:, : n_d // 2 + 1], n=n_d) * (n_d / n)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         b, n = waveform.shape
-        out = waveform.new_empty(b, 1 + n // self.hop_length, self.n_bins)
-        for g, (start, stop, n_fft) in enumerate(self.groups):
-            frames = _centred_frames(waveform, n_fft, self.hop_length)
-            power = torch.fft.rfft(frames * getattr(self, f"window_{g}")).abs().square()
+        frames_out = 1 + n // self.hop_length
+        out = waveform.new_empty(b, frames_out, self.n_bins)
+        spectrum, padded = None, 0
+        if any(g[3] > 1 for g in self.groups):
+            # zero padded to a length whose decimated versions all have only factors 2, 3 and 5
+            # (fast FFTs); the padding keeps the clip's end from wrapping onto its start
+            largest = max(g[3] for g in self.groups)
+            padded = largest * next_smooth(-(-(n + n_fft_max_half(self.groups)) // largest))
+            spectrum = torch.fft.rfft(nn.functional.pad(waveform, (0, padded - n)))
+        signals = {1: waveform}
+        for g, (start, stop, n_fft, factor) in enumerate(self.groups):
+            if factor not in signals:
+                signals[factor] = self._decimated(spectrum, padded, factor)
+            frames = _centred_frames(signals[factor], n_fft, self.hop_length // factor)
+            if frames.shape[1] < frames_out:  # a decimated clip may round to one frame fewer
+                frames = torch.cat([frames, frames[:, -1:].expand(-1, frames_out - frames.shape[1], -1)], dim=1)
+            spec = torch.view_as_real(torch.fft.rfft(frames[:, :frames_out] * getattr(self, f"window_{g}")))
+            power = spec.square().sum(dim=-1)  # |z|^2 without the square root of abs()
             torch.matmul(power, getattr(self, f"weights_{g}"), out=out[:, :, start:stop])
         db = out.clamp_(min=self.amin).log10_().mul_(10.0)
         if self.db_reference == "max":
