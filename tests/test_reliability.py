@@ -128,28 +128,36 @@ def test_the_cli_reports_the_corpus_in_one_pass_without_a_traceback(corpus, tmp_
         assert name in out.out + out.err
 
 
+
+
+def _entries(cache):
+    """Complete cache entries (a killed writer's temporary ``.tmp-*`` file is not one)."""
+    return {p.relative_to(cache): p for p in cache.glob("features/*/*/*.npy")
+            if not p.name.startswith(fsutil.TMP_PREFIX)}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_features_killed_at_a_random_moment_resume_to_the_same_cache(demo_data, tmp_path, seed):
     cmd = [sys.executable, "-m", "audiotag", "features", str(demo_data), "-q"]
     reference, interrupted = tmp_path / "ref", tmp_path / "cut"
     subprocess.run(cmd + ["--cache-dir", str(reference)], check=True, capture_output=True)
-    total = len(list(reference.glob("features/*/*/*.npy")))
+    total = len(_entries(reference))
     target = int(np.random.default_rng(seed).integers(1, total - 10))  # entries written before the kill
     proc = subprocess.Popen(cmd + ["--cache-dir", str(interrupted)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(interrupted.glob("features/*/*/*.npy"))) < target:
+    while time.time() < deadline and len(_entries(interrupted)) < target:
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)  # the workers too
     proc.wait()
-    written = len(list(interrupted.glob("features/*/*/*.npy")))
-    assert written < total, "the build finished before the kill: nothing was tested"
+    assert len(_entries(interrupted)) < total, "the build finished before the kill: nothing was tested"
     subprocess.run(cmd + ["--cache-dir", str(interrupted)], check=True, capture_output=True)
-    ref = {p.relative_to(reference): p.read_bytes() for p in reference.glob("features/*/*/*.npy")}
-    cut = {p.relative_to(interrupted): p.read_bytes() for p in interrupted.glob("features/*/*/*.npy")}
-    assert ref and ref == cut  # every entry present and bit-identical
-    # a killed writer's temporary file may remain (removed once stale) but is never read as an entry
+    ref = {k: p.read_bytes() for k, p in _entries(reference).items()}
+    cut = {k: p.read_bytes() for k, p in _entries(interrupted).items()}
+    assert ref and ref.keys() == cut.keys()  # every entry present
+    assert all(ref[k] == cut[k] for k in ref)  # and bit-identical
+    # anything else left is a killed writer's temporary file (removed once stale), never read as an entry
     assert all(p.name.startswith(fsutil.TMP_PREFIX) for p in interrupted.glob("features/*/*/*")
                if p.relative_to(interrupted) not in cut)
 
