@@ -9,7 +9,7 @@ SHARED ?= ../shared
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
 
-.PHONY: demo test test-fast bench bench-run bench-noisy bench-representations bench-ensemble clean
+.PHONY: demo test test-fast bench bench-run bench-noisy bench-representations bench-ensemble bench-pipeline clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ bench-representations: $(VENV)/.runtime .bench/small/train_curated.csv
 
 bench-ensemble: bench-noisy
 	$(BIN)/audiotag ensemble .bench/ablation-noisy/*-s0 --out .bench/ensemble -q
+
+# The cpu-small recipe end to end (hours on 2 cores; re-running continues), scored by the shared scorer.
+bench-pipeline: $(VENV)/.runtime .bench/small/train_curated.csv
+	time $(BIN)/audiotag pipeline cpu-small --data .bench/small --out .bench/pipeline --cache-dir .bench/cache -q
+	$(BIN)/python $(SHARED)/bench/score.py --truth .bench/small/test_labels.csv --submission .bench/pipeline/submission.csv
 
 clean:
 	rm -rf demo runs .bench .pytest_cache
