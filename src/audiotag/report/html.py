@@ -196,24 +196,19 @@ def build_report(target: str | Path, out: str | Path, *, ablations: list[str | P
     # final predictions per class
     final_dir = Path(stages[final]["folder"]) if final in stages else Path(stages[train_stages[-1]]["folder"])
     oof_path, test_path = _final_predictions(final_dir)
+    sections = []
     if oof_path is not None:
         fnames, labels, _, probs = read_oof_predictions(oof_path)
-        clips = {c.fname: c for c in ds.split("curated")}
-        keep = [i for i, f in enumerate(fnames) if f in clips]
-        truth = ds.label_matrix([clips[fnames[i]] for i in keep])
-        values, _ = per_class_lwlrap(truth, probs[keep])
-        parts += ["<h2>Per-class lwlrap (out of fold)</h2>",
-                  _fig_img(_per_class_plot(labels, values, f"{final}: OOF lwlrap {lwlrap(truth, probs[keep]):.4f}"),
-                           "per-class lwlrap")]
+        sections.append(("out of fold", "OOF", "curated", fnames, labels, probs))
     if test_path is not None and ds.test_labelled:
-        fnames, labels, probs = read_predictions(test_path)
-        clips = {c.fname: c for c in ds.split("test")}
+        sections.append(("test", "test", "test", *read_predictions(test_path)))
+    for title, short, split, fnames, labels, probs in sections:
+        clips = {c.fname: c for c in ds.split(split)}
         keep = [i for i, f in enumerate(fnames) if f in clips]
         truth = ds.label_matrix([clips[fnames[i]] for i in keep])
         values, _ = per_class_lwlrap(truth, probs[keep])
-        parts += ["<h2>Per-class lwlrap (test)</h2>",
-                  _fig_img(_per_class_plot(labels, values, f"{final}: test lwlrap {lwlrap(truth, probs[keep]):.4f}"),
-                           "per-class test lwlrap")]
+        plot = _per_class_plot(labels, values, f"{final}: {short} lwlrap {lwlrap(truth, probs[keep]):.4f}")
+        parts += [f"<h2>Per-class lwlrap ({title})</h2>", _fig_img(plot, f"per-class {short} lwlrap")]
 
     for name, r in stages.items():
         if r["kind"] == "ensemble" and (Path(r["folder"]) / "correlation.png").exists():
