@@ -48,6 +48,11 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override one setting, e.g. --set features.n_mels=128 (repeatable)")
 
 
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to compute (default: auto = a CUDA GPU "
+                   "when there is one, else the CPU)")
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache folder (default: $AUDIOTAG_CACHE or ~/.cache/audiotag)")
     p.add_argument("--skip-bad", action="store_true", help="leave out clips that fail validation instead of stopping")
@@ -68,7 +73,10 @@ def _load(args, *, audio: bool = True):
 def _config(args):
     from .config import load_config
 
-    config = load_config(getattr(args, "config", None), getattr(args, "overrides", []))
+    overrides = list(getattr(args, "overrides", []))
+    if getattr(args, "device", None):
+        overrides.append(f"train.device={args.device}")
+    config = load_config(getattr(args, "config", None), overrides)
     if getattr(args, "workers", None) is not None:
         config.data.num_workers = args.workers
     if getattr(args, "skip_bad", False):
@@ -156,9 +164,17 @@ def cmd_train(args) -> int:
     from .pipeline.train import resume, train
 
     if args.resume:
-        resume(args.resume, progress=not args.quiet)
+        resume(args.resume, progress=not args.quiet, fold=args.fold)
         return 0
-    train(_data_spec(args), _config(args), out=args.out, cache_dir=args.cache_dir, progress=not args.quiet)
+    train(_data_spec(args), _config(args), out=args.out, cache_dir=args.cache_dir, progress=not args.quiet,
+          fold=args.fold)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .pipeline.train import merge
+
+    merge(args.run, progress=not args.quiet)
     return 0
 
 
@@ -166,7 +182,7 @@ def cmd_predict(args) -> int:
     from .pipeline.submit import predict_run
 
     result = predict_run(args.run, _data_spec(args), out=args.out, cache_dir=args.cache_dir, tta_views=args.tta,
-                         skip_bad=args.skip_bad, progress=not args.quiet)
+                         skip_bad=args.skip_bad, progress=not args.quiet, device=args.device or "auto")
     print(f"wrote {result['out']}: {result['clips']} clips, {result['models']} fold models, "
           f"{result['tta_views']} TTA views, {result['seconds_per_clip'] * 1000:.1f} ms per clip")
     if result["filled_with_prior"]:
@@ -283,7 +299,7 @@ def cmd_audit(args) -> int:
 def cmd_tag(args) -> int:
     from .pipeline.submit import tag_files
 
-    for item in tag_files(args.run, args.files, top=args.top):
+    for item in tag_files(args.run, args.files, top=args.top, device=args.device or "auto"):
         print(item["file"])
         for label, p in item["tags"]:
             print(f"  {p:6.3f}  {label}")
@@ -409,13 +425,31 @@ def build_parser() -> argparse.ArgumentParser:
              audiotag train --data data/fat2019 --out runs/baseline
              audiotag train --data data/fat2019 --config my.yaml --set model.width=48 --set train.epochs=60
              audiotag train --resume runs/baseline
+             audiotag train --data data/fat2019 --out runs/big --fold 3     # one job per fold, then:
+             audiotag merge runs/big
+             torchrun --standalone --nproc_per_node 4 -m audiotag train --data data/fat2019 --out runs/ddp
              """)
     _add_data_args(p, option=True)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (uses its saved config and data)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<date-time>-<model>)")
+    p.add_argument("--fold", type=int, metavar="K", help="train only fold K, as one of several jobs sharing --out "
+                   "(the last one to finish assembles the run; `audiotag merge` does it by hand)")
+    _add_device_arg(p)
     _add_config_args(p)
     _add_run_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = _sub(subs, "merge", "assemble a run whose folds were trained by separate jobs",
+             "Check that every fold of RUN_DIR is done (trained by `audiotag train --fold K` jobs), then write the "
+             "out-of-fold and fold-averaged test predictions, scores.json and training curves exactly as a "
+             "serial run would.",
+             """
+             for k in 0 1 2 3 4; do audiotag train --data data/fat2019 --out runs/big --fold $k & done; wait
+             audiotag merge runs/big
+             """)
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_merge)
 
     p = _sub(subs, "predict", "write a Kaggle submission for a test set with a trained run",
              "Predict every test clip of DIR (test/ + sample_submission.csv is enough) with the run's fold models, "
@@ -425,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, option=True)
     p.add_argument("--out", required=True, metavar="FILE", help="submission CSV to write")
     p.add_argument("--tta", type=int, metavar="N", help="TTA views (default: the run's predict.tta_views)")
+    _add_device_arg(p)
     _add_run_args(p)
     p.set_defaults(func=cmd_predict)
 
@@ -536,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
     p.add_argument("--top", type=int, default=5, metavar="N")
+    _add_device_arg(p)
     p.set_defaults(func=cmd_tag)
 
     p = _sub(subs, "config", "print the resolved configuration",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,18 @@ from .errors import AudiotagError
 
 TMP_PREFIX = ".tmp-"
 _counter = itertools.count()
+_writes_enabled = True
+
+
+def set_writes_enabled(enabled: bool) -> None:
+    """Turn this process's outputs off (the non-zero ranks of a distributed run compute what rank 0
+    computes; only rank 0 may write the shared run folder)."""
+    global _writes_enabled
+    _writes_enabled = enabled
+
+
+def writes_enabled() -> bool:
+    return _writes_enabled
 
 
 class OutputError(AudiotagError):
@@ -40,6 +53,10 @@ def _explain(path: Path, e: OSError) -> OutputError:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``."""
     path = Path(path)
+    if not _writes_enabled:  # written to a private scratch folder and dropped
+        with tempfile.TemporaryDirectory(prefix="audiotag-discard-") as scratch:
+            yield Path(scratch) / path.name
+        return
     # Unique per process and call; the name ends like the target so writers that pick a format
     # from the suffix (matplotlib, numpy) still do.
     tmp_path = path.parent / f"{TMP_PREFIX}{os.getpid()}-{next(_counter)}-{path.name}"

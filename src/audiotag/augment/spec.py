@@ -23,7 +23,10 @@ class _Transform:
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.apply(x, y, self.sample(x))
+        # Parameters are drawn on the CPU (the generator lives there, so a GPU run draws the same
+        # numbers as a CPU run) and moved to the batch's device.
+        params = {k: v.to(x.device, non_blocking=True) for k, v in self.sample(x).items()}
+        return self.apply(x, y, params)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -43,7 +46,7 @@ class TimeShift(_Transform):
 
     def apply(self, x, y, params):
         t = x.shape[-1]
-        idx = (torch.arange(t)[None, :] - params["shift"][:, None]) % t  # (B, T)
+        idx = (torch.arange(t, device=x.device)[None, :] - params["shift"][:, None]) % t  # (B, T)
         return x.gather(-1, idx[:, None, None, :].expand_as(x)), y
 
 
@@ -66,7 +69,7 @@ class Gain(_Transform):
         db = params["db"].to(x.dtype)[:, None, None, None]
         if self.linear:
             return x * torch.pow(10.0, db / 20), y
-        return x + (db if self.mask is None else db * self.mask.to(x.dtype)), y
+        return x + (db if self.mask is None else db * self.mask.to(x.device, x.dtype)), y
 
 
 class SpecAugment(_Transform):
@@ -109,12 +112,12 @@ class RandomEQ(_Transform):
 
     def apply(self, x, y, params):
         f = x.shape[2]
-        pos = torch.linspace(0, 1, f)[None, :]  # (1, F)
+        pos = torch.linspace(0, 1, f, device=x.device)[None, :]  # (1, F)
         coef, phase = params["coef"], params["phase"] * 2 * torch.pi
         curve = (coef[:, :1] * (2 * pos - 1) + coef[:, 1:2] * torch.cos(torch.pi * pos + phase[:, :1])
                  + coef[:, 2:3] * torch.cos(2 * torch.pi * pos + phase[:, 1:2]))  # (B, F)
         curve = curve.to(x.dtype)[:, None, :, None]
-        return x + (curve if self.mask is None else curve * self.mask.to(x.dtype)), y
+        return x + (curve if self.mask is None else curve * self.mask.to(x.device, x.dtype)), y
 
 
 class FreqShift(_Transform):
@@ -130,7 +133,7 @@ class FreqShift(_Transform):
 
     def apply(self, x, y, params):
         f = x.shape[2]
-        idx = (torch.arange(f)[None, :] - params["shift"][:, None]).clamp(0, f - 1)  # (B, F)
+        idx = (torch.arange(f, device=x.device)[None, :] - params["shift"][:, None]).clamp(0, f - 1)  # (B, F)
         return x.gather(2, idx[:, None, :, None].expand_as(x)), y
 
 

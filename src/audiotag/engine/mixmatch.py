@@ -54,7 +54,7 @@ class MixMatchTrainer(Trainer):
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
-            return self.model(x.to(self.device))["logits"].float()
+            return self.net(x.to(self.device))["logits"].float()
 
     def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         unlabelled = y[:, -1] > 0.5

@@ -74,3 +74,9 @@ def resolve_precision(requested: str, *, device: torch.device, model: nn.Module 
     finally:
         torch.set_rng_state(state)
     return "bf16" if bf16 < 0.9 * fp32 else "fp32"
+
+
+def inference_precision(trained: str, device: torch.device) -> str:
+    """The precision to predict with on ``device`` for a model trained in ``trained`` (a GPU run's
+    fp16 becomes fp32 on a CPU, which has no fast fp16)."""
+    return "fp32" if device.type == "cpu" and trained == "fp16" else trained

@@ -6,6 +6,10 @@ keep their own state. ``state_dict()`` holds everything needed to continue exact
 stopped: model, optimizer, scheduler, counters, history, the augmentations' generators and the
 global torch generator. Batches come from a function of the epoch number, so the data order
 needs no state of its own.
+
+Under torchrun every process draws the same whole batch and augments it identically, then trains on
+its own share (:mod:`.distributed`): the global batch and its augmentation do not depend on the
+number of processes.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from . import distributed
 from .checkpoint import rng_state, set_rng_state
 from .precision import autocast
 
@@ -65,6 +70,12 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.should_stop = False
+        # What batches go through: the model itself, or its DistributedDataParallel wrapper, which
+        # averages gradients over processes (state dicts always come from the bare model).
+        self.net = model
+        if distributed.world_size() > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def train_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
         self.model.train()
@@ -82,17 +93,26 @@ class Trainer:
             self.step += 1
             total += float(loss.detach()) * len(x)
             count += len(x)
-        return total / max(count, 1)
+        return distributed.mean(total / max(count, 1))
 
     def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The loss of one batch (augmented here); subclasses change how a batch is learnt from."""
+        """The loss of one batch (augmented here, on the device); subclasses change how a batch is
+        learnt from. Under torchrun, this process's share of the batch, weighted by its size so that
+        the gradients averaged over processes are those of the whole batch's mean loss."""
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with torch.no_grad():
             for transform in self.transforms:
                 x, y = transform(x, y)
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        whole = len(x)
+        if distributed.world_size() > 1:
+            share = distributed.shard(whole)
+            x, y = x[share], y[share]
         with autocast(self.device, self.precision):
-            logits = self.model(x)["logits"]
-        return self.loss_fn(logits.float(), y)
+            logits = self.net(x)["logits"]
+        loss = self.loss_fn(logits.float(), y)
+        if distributed.world_size() > 1:
+            loss = loss * (len(x) * distributed.world_size() / whole)
+        return loss
 
     def fit(self, *, epochs: int, batches_for: Callable[[int], Iterable], evaluate: Callable[[], dict]) -> list[dict]:
         """Train until ``epochs`` are completed (counting those done before a resume) or a
@@ -103,6 +123,7 @@ class Trainer:
             start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             loss = self.train_epoch(batches_for(self.epoch))
+            distributed.sync_buffers(self.model)  # one set of batch-norm statistics for evaluation and checkpoints
             train_s = time.perf_counter() - start
             metrics = evaluate()
             self.epoch += 1
@@ -121,6 +142,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "step": self.step, "history": self.history, "should_stop": self.should_stop,
             "transforms": [t.state_dict() for t in self.transforms], "rng": rng_state(),
+            "rng_ranks": distributed.gather(rng_state()) if distributed.world_size() > 1 else None,
             "callbacks": [cb.state_dict() for cb in self.callbacks],
         }
 
@@ -135,4 +157,8 @@ class Trainer:
             t.load_state_dict(s)
         for cb, s in zip(self.callbacks, state["callbacks"]):
             cb.load_state_dict(s)
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")
+        if distributed.world_size() > 1 and ranks and len(ranks) == distributed.world_size():
+            set_rng_state(ranks[distributed.rank()])  # each process's own dropout stream
+        else:
+            set_rng_state(state["rng"])

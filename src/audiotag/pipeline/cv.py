@@ -21,6 +21,8 @@ from ..augment import build_transforms
 from ..config import Config
 from ..data.folds import Folds
 from ..data.records import Clip, Dataset
+from ..errors import AudiotagError
+from ..engine import distributed
 from ..engine.callbacks import Checkpointer, EarlyStopping, History
 from ..engine.checkpoint import load_checkpoint
 from ..engine.mixmatch import MixMatchTrainer
@@ -32,7 +34,7 @@ from ..models import build_model
 from .inputs import ClipBank, CropSampler
 from .noisy import NoisyPlan, noisy_loss, training_bank
 from .predict import InferenceSpec, average_folds, predict_model
-from .runs import Run, write_predictions
+from .runs import CLAIM, Run, claim_folder, write_predictions
 
 
 def frames_per_second(config: Config) -> float:
@@ -67,6 +69,11 @@ class FoldResult:
     val_index: np.ndarray
     test: np.ndarray | None
     summary: dict
+
+
+def load_fold_result(run: Run, k: int, *, folds: Folds, train_clips: list[Clip]) -> FoldResult | None:
+    """The saved result of a finished fold (None when the fold is not done)."""
+    return _load_done(run.fold_dir(k), folds.indices(train_clips, k)[1])
 
 
 def _load_done(folder, val_index) -> FoldResult | None:
@@ -121,6 +128,8 @@ def _fit(folder, *, model: torch.nn.Module, sampler: CropSampler, val_bank: Clip
                                   seed=config.seed * 1000 + stream + 500, **common)
     else:
         trainer = Trainer(model, **common)
+    if distributed.rank():  # each process its own dropout stream (rank 0 keeps a 1-process run's)
+        torch.manual_seed(config.seed * 1000 + stream + 7919 * distributed.rank())
     if (folder / "last.pt").exists():
         trainer.load_state_dict(load_checkpoint(folder / "last.pt")["trainer"])
         run.log(f"{prefix.strip()}: resuming after epoch {trainer.epoch}")
@@ -139,6 +148,13 @@ def pretrain_on_noisy(*, run: Run, config: Config, ds: Dataset, features: Featur
     but chooses nothing, so no fold's validation clips influence the starting point."""
     folder = run.dir / "pretrain"
     weights = folder / "last.pt"
+    if (folder / "done.json").exists():
+        return weights
+    if distributed.is_main() and not claim_folder(folder):  # a sibling fold job is pretraining: use its model
+        run.log(f"waiting for another job's pretraining in {folder}")
+        while not (folder / "done.json").exists() and not claim_folder(folder):
+            time.sleep(10)
+    distributed.barrier()
     if (folder / "done.json").exists():
         return weights
     n = config.noisy
@@ -160,6 +176,8 @@ def pretrain_on_noisy(*, run: Run, config: Config, ds: Dataset, features: Featur
                "curated_lwlrap": trainer.history[-1]["val_lwlrap"],
                "train_seconds": sum(r["seconds"] for r in trainer.history)}
     fsutil.write_text(folder / "done.json", json.dumps(summary, indent=2))
+    if distributed.is_main():
+        (folder / CLAIM).unlink(missing_ok=True)
     run.log(f"pretraining done: lwlrap {summary['curated_lwlrap']:.4f} on all curated clips")
     return weights
 
@@ -181,6 +199,10 @@ def run_fold(k: int, *, run: Run, config: Config, ds: Dataset, features: Feature
     sampler = CropSampler(train_bank, crop_frames=crop_frames(config), batch_size=t.batch_size, seed=config.seed,
                           stream=k, pad_mode=t.pad_mode, balanced=t.balanced_sampling, noisy=noisy_mask,
                           noisy_fraction=config.noisy.batch_fraction if noisy_mask is not None else 0.0)
+    if min(t.batch_size, len(train_bank)) < 2 * distributed.world_size():
+        raise AudiotagError(f"a batch of {min(t.batch_size, len(train_bank))} clips cannot be shared by "
+                            f"{distributed.world_size()} processes (batch norm needs 2 or more clips in each)",
+                            hint="raise train.batch_size (it is the batch of all processes together) or use fewer processes")
 
     torch.manual_seed(config.seed * 1000 + k)
     model = new_model(config, channels=train_bank.channels, bands=train_bank.bands, n_classes=len(ds.vocabulary),
@@ -204,6 +226,7 @@ def run_fold(k: int, *, run: Run, config: Config, ds: Dataset, features: Feature
                    precision=precision, mixmatch=config.noisy.strategy == "mixmatch")
     train_s = time.perf_counter() - start  # this session's share (a resumed fold trained before too)
 
+    distributed.barrier()  # rank 0 wrote the checkpoint that every process loads
     chosen = load_fold_model(run, k, config=config, device=device)
     spec = inference_spec(config)
     oof = predict_model(chosen, val_bank, spec, device=device, precision=precision)
@@ -228,9 +251,14 @@ def run_fold(k: int, *, run: Run, config: Config, ds: Dataset, features: Feature
 
 
 def run_cv(*, run: Run, config: Config, ds: Dataset, features: FeatureSet, folds: Folds, train_clips: list[Clip],
-           test_clips: list[Clip], device: torch.device, precision: str) -> dict:
-    """Train the configured folds and write OOF/test predictions and scores; returns the scores."""
-    todo = config.train.only_folds if config.train.only_folds is not None else range(folds.n_folds)
+           test_clips: list[Clip], device: torch.device, precision: str,
+           folds_to_train: list[int] | None = None) -> dict | None:
+    """Train the configured folds and write OOF/test predictions and scores; returns the scores.
+
+    ``folds_to_train`` (a fold-parallel job's fold) trains only those; the run is assembled (and
+    its scores returned) only once every configured fold is done, else None."""
+    wanted = list(config.train.only_folds if config.train.only_folds is not None else range(folds.n_folds))
+    todo = wanted if folds_to_train is None else folds_to_train
     plan = pretrained = None
     if config.noisy.strategy != "none":
         plan = NoisyPlan(run=run, config=config, ds=ds, features=features, folds=folds, device=device)
@@ -240,6 +268,11 @@ def run_cv(*, run: Run, config: Config, ds: Dataset, features: FeatureSet, folds
     results = [run_fold(k, run=run, config=config, ds=ds, features=features, folds=folds, train_clips=train_clips,
                         test_clips=test_clips, device=device, precision=precision, plan=plan, pretrained=pretrained)
                for k in todo]
+    if folds_to_train is not None:
+        done = [load_fold_result(run, k, folds=folds, train_clips=train_clips) for k in wanted]
+        if any(r is None for r in done):
+            return None
+        results = done
     return assemble(run=run, config=config, ds=ds, folds=folds, train_clips=train_clips, test_clips=test_clips,
                     results=results)
 

@@ -4,7 +4,8 @@ Every clip, whatever its length, is cut into sliding windows (``window`` frames,
 between neighbours, the last one aligned to the clip's end); window probabilities are aggregated
 per clip by mean or max. Test-time augmentation predicts ``views`` shifted copies as well and
 blends them fastai-style: ``beta * clean + (1 - beta) * mean(views)``. Several fold models are
-averaged arithmetically or geometrically.
+averaged arithmetically or geometrically. Under torchrun the processes share out the clips and
+pool their sums.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config import PredictConfig
+from ..engine import distributed
 from ..engine.precision import autocast
 from .inputs import ClipBank, window_starts
 
@@ -54,6 +56,9 @@ def _view_pieces(bank: ClipBank, spec: InferenceSpec, view: int) -> list[tuple[i
 def _predict_view(model: nn.Module, bank: ClipBank, spec: InferenceSpec, view: int, *, device: torch.device,
                   precision: str) -> np.ndarray:
     pieces = _view_pieces(bank, spec, view)
+    processes = distributed.world_size()
+    if processes > 1:  # each process predicts every ``processes``-th clip; the sums are then shared
+        pieces = [p for p in pieces if p[0] % processes == distributed.rank()]
     n_classes = None
     sums = counts = maxima = None
     for b in range(0, len(pieces), spec.batch_size):
@@ -72,6 +77,13 @@ def _predict_view(model: nn.Module, bank: ClipBank, spec: InferenceSpec, view: i
         np.add.at(sums, idx, probs)
         np.add.at(counts, idx, 1)
         np.maximum.at(maxima, idx, probs)
+    if processes > 1:
+        n_classes = distributed.broadcast(n_classes)  # rank 0 always has clip 0
+        if sums is None:
+            sums, counts, maxima = np.zeros((len(bank), n_classes)), np.zeros(len(bank)), np.zeros((len(bank), n_classes))
+        # Every clip's windows were all predicted by one process: adding the others' zeros is exact.
+        sums, counts, maxima = (distributed.all_reduce(sums), distributed.all_reduce(counts),
+                                distributed.all_reduce(maxima, op="max"))
     if n_classes is None:
         raise ValueError("no clips to predict")
     return maxima if spec.aggregate == "max" else sums / counts[:, None]

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import fcntl
 import io
 import json
 import os
 import platform
 import sys
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -95,7 +97,7 @@ def read_oof_predictions(path: Path) -> tuple[list[str], list[str], dict[str, in
 CLAIM = ".claimed"
 
 
-def _claim(folder: Path) -> bool:
+def claim_folder(folder: Path) -> bool:
     """Atomically make ``folder`` this process's run folder: exclusive creation of a marker file
     succeeds in exactly one of several processes started at once with the same ``--out``."""
     marker = folder / CLAIM
@@ -103,10 +105,10 @@ def _claim(folder: Path) -> bool:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        if _alive(marker):
+        if claim_alive(marker):
             return False
         marker.unlink(missing_ok=True)  # left by a process that died before writing its run
-        return _claim(folder)
+        return claim_folder(folder)
     except OSError as e:
         raise fsutil.OutputError(f"cannot create run folder {folder}: {e.strerror or e}",
                                  hint="choose a writable --out folder") from None
@@ -115,7 +117,7 @@ def _claim(folder: Path) -> bool:
     return True
 
 
-def _alive(marker: Path) -> bool:
+def claim_alive(marker: Path) -> bool:
     try:
         pid = int(marker.read_text() or 0)
     except (OSError, ValueError):
@@ -129,6 +131,15 @@ def _alive(marker: Path) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _comparable(config: Config) -> dict:
+    """A config without the settings that only say where and how fast to compute (fold jobs on
+    different machines may differ in them)."""
+    d = config.to_dict()
+    for section, key in (("train", "device"), ("train", "threads"), ("data", "num_workers")):
+        d.get(section, {}).pop(key, None)
+    return d
 
 
 class Run:
@@ -147,7 +158,7 @@ class Run:
         out = Path(out)
         while True:
             used = out.exists() and any(p.name != CLAIM for p in out.iterdir())
-            if not used and _claim(out):
+            if not used and claim_folder(out):
                 break
             if auto:  # two runs started in the same second: the later one takes the next name
                 out = out.with_name(out.name + "x")
@@ -179,6 +190,39 @@ class Run:
         })
 
     @classmethod
+    def join(cls, out: str | Path, *, config: Config, data: DataSpec, name: str = "run",
+             wait_seconds: float = 60.0) -> "Run":
+        """The run folder shared by fold-parallel jobs: whichever job comes first creates it, the
+        others check that it holds the same config and data and work in it."""
+        out = Path(out)
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            if (out / "config.yaml").is_file() and (out / "run.json").is_file():
+                run = cls.open(out)
+                if _comparable(run.config) != _comparable(config):
+                    raise AudiotagError(f"run folder {out} was started with a different config",
+                                        hint="give every fold job the same --config and --set options, or use another --out")
+                if run.data != data.absolute():
+                    raise AudiotagError(f"run folder {out} was started on different data ({run.data.root or run.data.csv})",
+                                        hint="give every fold job the same --data, or use another --out")
+                return run
+            try:
+                return cls.create(out, config=config, data=data, name=name)
+            except AudiotagError:
+                if time.monotonic() > deadline:  # claimed, yet never written
+                    raise
+                time.sleep(0.2)
+
+    def claim_fold(self, k: int) -> Path:
+        """Make fold ``k`` this process's (one job per fold); returns the marker to remove when done."""
+        folder = self.fold_dir(k)
+        if not claim_folder(folder):
+            raise AudiotagError(f"fold {k} of {self.dir} is being trained by another process "
+                                f"(pid {(folder / CLAIM).read_text().strip() or '?'})",
+                                hint=f"wait for it, or delete {folder / CLAIM} if that process is gone")
+        return folder / CLAIM
+
+    @classmethod
     def open(cls, folder: str | Path) -> "Run":
         run = cls(Path(folder))
         if not (run.dir / "run.json").is_file() or not (run.dir / "config.yaml").is_file():
@@ -197,7 +241,15 @@ class Run:
         fsutil.write_text(self.dir / "run.json", json.dumps(info, indent=2))
 
     def update_info(self, **changes) -> None:
-        self.write_info({**self.info, **changes})
+        if not fsutil.writes_enabled():
+            return
+        # Fold-parallel jobs update one run.json: the read-modify-write holds a lock.
+        with open(self.dir / ".run.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self.write_info({**self.info, **changes})
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @property
     def data(self) -> DataSpec:
@@ -214,6 +266,8 @@ class Run:
     # ------------------------------------------------------------------ logging
 
     def log(self, message: str) -> None:
+        if not fsutil.writes_enabled():  # a distributed run's other ranks: rank 0 speaks for them
+            return
         print(message, flush=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "log.txt", "a", encoding="utf-8") as f:

@@ -13,7 +13,7 @@ from ..audio.inventory import default_cache_dir
 from ..errors import AudiotagError, DataError
 from ..features.cache import build_features, compute_features
 from ..features.frontend import FrontEnd
-from ..engine.precision import resolve_device
+from ..engine.precision import inference_precision, resolve_device
 from ..metrics import lwlrap, per_class_lwlrap
 from .cv import inference_spec, load_fold_model
 from .inputs import ClipBank
@@ -35,8 +35,10 @@ def load_models(run: Run, *, device: torch.device) -> list[torch.nn.Module]:
 
 
 def predict_run(run_dir: str | Path, data: DataSpec, *, out: str | Path, cache_dir: str | Path | None = None,
-                tta_views: int | None = None, skip_bad: bool = False, progress: bool = True) -> dict:
-    """Write a Kaggle-format submission for the test clips of ``data`` with the run's fold models.
+                tta_views: int | None = None, skip_bad: bool = False, progress: bool = True,
+                device: str = "auto") -> dict:
+    """Write a Kaggle-format submission for the test clips of ``data`` with the run's fold models
+    (on ``device``: auto takes a GPU when there is one, whatever the run was trained on).
 
     ``data`` may hold only ``test/`` and ``sample_submission.csv``. Its labels must be the run's, in
     the same order. With ``skip_bad``, an unusable test clip still gets a row (the training label
@@ -55,11 +57,11 @@ def predict_run(run_dir: str | Path, data: DataSpec, *, out: str | Path, cache_d
     cache_dir = Path(cache_dir) if cache_dir is not None else Path(run.info.get("cache_dir") or default_cache_dir())
     features = build_features(ds, config, cache_dir=cache_dir, splits=("test",), skip_bad=skip_bad, progress=progress)
     good = features.dataset.split("test")
-    device = resolve_device(config.train.device)
+    device = resolve_device(device)
     models = load_models(run, device=device)
     spec = inference_spec(config, views=tta_views)
     probs, seconds_per_clip = predict_models(models, ClipBank.from_features(features, good), spec, device=device,
-                                             precision=run.info.get("precision", "fp32"),
+                                             precision=inference_precision(run.info.get("precision", "fp32"), device),
                                              fold_mean=config.predict.fold_mean)
     by_name = dict(zip((c.fname for c in good), probs))
     prior = _training_prior(run, len(vocabulary))
@@ -165,11 +167,11 @@ def score_submission(submission: str | Path, truth: str | Path, *, vocabulary: s
 # ----------------------------------------------------------------------------- tagging
 
 
-def tag_files(run_dir: str | Path, files: list[str | Path], *, top: int = 5) -> list[dict]:
+def tag_files(run_dir: str | Path, files: list[str | Path], *, top: int = 5, device: str = "auto") -> list[dict]:
     """The ``top`` labels of each audio file, with fold-averaged probabilities."""
     run = Run.open(run_dir)
     config = run.config
-    device = resolve_device(config.train.device)
+    device = resolve_device(device)
     models = load_models(run, device=device)
     vocabulary = _run_vocabulary(run)
     frontend = FrontEnd(config.audio, config.features).eval()
@@ -179,7 +181,8 @@ def tag_files(run_dir: str | Path, files: list[str | Path], *, top: int = 5) -> 
                           trim_top_db=config.audio.trim_top_db if config.audio.trim_silence else None)
         arrays.append(compute_features(y, frontend))
     probs, _ = predict_models(models, ClipBank(arrays), inference_spec(config), device=device,
-                              precision=run.info.get("precision", "fp32"), fold_mean=config.predict.fold_mean)
+                              precision=inference_precision(run.info.get("precision", "fp32"), device),
+                              fold_mean=config.predict.fold_mean)
     out = []
     for path, p in zip(files, probs):
         best = np.argsort(-p, kind="stable")[:top]

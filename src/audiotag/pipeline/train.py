@@ -1,11 +1,15 @@
 """``audiotag train``: validate, cache features, split folds, cross-validate, predict the test set.
 
 :func:`train` starts a run; :func:`resume` continues an interrupted one from its folder, skipping
-finished folds and continuing the unfinished one from its last checkpoint.
+finished folds and continuing the unfinished one from its last checkpoint. ``train(..., fold=K)``
+trains one fold as an independent job in a run folder shared with the other folds' jobs, and
+:func:`merge` assembles their predictions exactly as a serial run does. Under ``torchrun`` every
+process runs the same code; :mod:`..engine.distributed` keeps them in step.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -19,13 +23,16 @@ from ..audio.inventory import default_cache_dir
 from ..parallel import resolve_workers
 from ..report.curves import plot_training_curves
 from .. import fsutil
+from ..engine import distributed
 from ..engine.precision import resolve_device, resolve_precision
-from .cv import crop_frames, new_model, run_cv
+from .cv import assemble, crop_frames, load_fold_result, new_model, run_cv
 from .runs import DataSpec, Run
 
 
 def _threads(config: Config) -> None:
-    torch.set_num_threads(config.train.threads or resolve_workers(0))
+    # The processes of one machine share its cores.
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(config.train.threads or max(1, resolve_workers(0) // local))
 
 
 def _prepare(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, progress: bool):
@@ -35,7 +42,11 @@ def _prepare(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, progr
     if not ds.split("curated"):
         raise AudiotagError(f"{data.root or data.csv}: no labelled training clips",
                             hint="training needs train_curated.csv (Kaggle layout), a labels CSV, or class folders")
-    features = build_features(ds, config, cache_dir=cache_dir, splits=splits, progress=progress)
+    if not distributed.is_main():
+        distributed.barrier()  # rank 0 builds the cache; the others then find every entry in it
+    features = build_features(ds, config, cache_dir=cache_dir, splits=splits, progress=progress and distributed.is_main())
+    if distributed.is_main():
+        distributed.barrier()
     ds = features.dataset
     run.write_skipped(ds.skipped)
     if ds.skipped:
@@ -43,10 +54,7 @@ def _prepare(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, progr
     return ds, features
 
 
-def _execute(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, progress: bool) -> Run:
-    _threads(config)
-    ds, features = _prepare(run, config, data, cache_dir=cache_dir, progress=progress)
-    train_clips, test_clips = ds.split("curated"), ds.split("test")
+def _load_folds(run: Run, config: Config, ds, train_clips, cache_dir: Path):
     folds_path = run.dir / "folds.csv"
     if folds_path.exists():
         folds = read_folds_csv(folds_path, source=run.info.get("folds_source", "stratified"))
@@ -58,30 +66,58 @@ def _execute(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, progr
         folds = make_folds(ds, train_clips, n_folds=config.train.folds, seed=config.seed,
                            use_dataset_folds=config.train.use_dataset_folds, cache_dir=cache_dir)
         fsutil.write_text(folds_path, folds.to_csv())
+    return folds
+
+
+def _execute(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, progress: bool, device: torch.device,
+             fold: int | None = None) -> Run:
+    _threads(config)
+    ds, features = _prepare(run, config, data, cache_dir=cache_dir, progress=progress)
+    train_clips, test_clips = ds.split("curated"), ds.split("test")
+    folds = _load_folds(run, config, ds, train_clips, cache_dir)
+    if fold is not None and not 0 <= fold < folds.n_folds:
+        raise AudiotagError(f"--fold {fold}: the run has folds 0 to {folds.n_folds - 1}")
     info = run.info
-    device = resolve_device(config.train.device)
     precision = info.get("precision")
     if precision is None:  # chosen once per run (by timing, for "auto"), so a resumed run keeps it
         channels, bands = features.load(train_clips[0]).shape[:2]
         probe = new_model(config, channels=channels, bands=bands, n_classes=len(ds.vocabulary), device=device)
         example = torch.randn(min(config.train.batch_size, 16), channels, bands, crop_frames(config), device=device)
         precision = resolve_precision(config.train.precision, device=device, model=probe, example=example)
+        precision = distributed.broadcast(precision)  # timings differ between processes; rank 0 decides
+    processes = distributed.world_size()
     run.update_info(status="running", device=str(device), precision=precision, folds_source=folds.source,
                     vocabulary=list(ds.vocabulary),
                     n_folds=folds.n_folds, n_train_clips=len(train_clips), n_test_clips=len(test_clips),
-                    threads=torch.get_num_threads())
+                    threads=torch.get_num_threads(), processes=processes)
+    where = f"{processes} processes" if processes > 1 else f"{torch.get_num_threads()} threads"
     run.log(f"{len(train_clips)} training clips in {folds.n_folds} folds ({folds.source}), {len(test_clips)} test clips; "
-            f"{config.model.name} on {device} ({precision}, {torch.get_num_threads()} threads)")
+            f"{config.model.name} on {device} ({precision}, {where})" + (f"; this job: fold {fold}" if fold is not None else ""))
     start = time.perf_counter()
+    marker = run.claim_fold(fold) if fold is not None and distributed.is_main() else None
     try:
         scores = run_cv(run=run, config=config, ds=ds, features=features, folds=folds, train_clips=train_clips,
-                        test_clips=test_clips, device=device, precision=precision)
+                        test_clips=test_clips, device=device, precision=precision,
+                        folds_to_train=[fold] if fold is not None else None)
     except KeyboardInterrupt:
-        run.update_info(status="interrupted")
-        run.log(f"interrupted; continue with: audiotag train --resume {run.dir}")
+        if fold is None:
+            run.update_info(status="interrupted")
+        run.log(f"interrupted; continue with: audiotag train --resume {run.dir}" + (f" --fold {fold}" if fold is not None else ""))
         raise
+    finally:
+        if marker is not None:
+            marker.unlink(missing_ok=True)
+    if scores is None:  # a fold job whose siblings are not all done yet
+        pending = [k for k in range(folds.n_folds) if not (run.fold_dir(k) / "done.json").exists()]
+        run.log(f"fold {fold} done; waiting for fold(s) {', '.join(map(str, pending))}; when they are done, "
+                f"`audiotag merge {run.dir}` assembles the run (the last fold job does it by itself)")
+        return run
+    return _finish(run, scores, seconds=time.perf_counter() - start)
+
+
+def _finish(run: Run, scores: dict, *, seconds: float) -> Run:
     plot_training_curves(run.dir, run.dir / "training_curves.png")
-    run.update_info(status="done", wall_seconds=run.info.get("wall_seconds", 0) + time.perf_counter() - start)
+    run.update_info(status="done", wall_seconds=run.info.get("wall_seconds", 0) + seconds)
     text = f"OOF lwlrap {scores['oof_lwlrap']:.4f} (folds {scores['fold_lwlrap_mean']:.4f} ± {scores['fold_lwlrap_std']:.4f})"
     if "test_lwlrap" in scores:
         text += f"; test lwlrap {scores['test_lwlrap']:.4f}"
@@ -91,23 +127,66 @@ def _execute(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, progr
     return run
 
 
+def _device(config: Config) -> torch.device:
+    device = resolve_device(config.train.device)
+    distributed.setup(device)
+    return distributed.local_device(device)
+
+
 def train(data: DataSpec, config: Config, *, out: str | Path | None = None, cache_dir: str | Path | None = None,
-          progress: bool = True) -> Run:
-    """Start a run in ``out`` (default ``runs/<time>-<model>``) and train it to the end."""
+          progress: bool = True, fold: int | None = None) -> Run:
+    """Start a run in ``out`` (default ``runs/<time>-<model>``) and train it to the end.
+
+    With ``fold``, train only that fold, in a run folder that the jobs of the other folds share
+    (``out`` is then required): the first job creates it, the others join it."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    run = Run.create(out, config=config, data=data, name=config.model.name)
-    run.update_info(cache_dir=str(cache_dir.resolve()))
-    run.log(f"run folder: {run.dir}")
-    return _execute(run, config, data, cache_dir=cache_dir, progress=progress)
+    if fold is not None and out is None:
+        raise AudiotagError("--fold needs --out: every fold's job must name the same run folder")
+    device = _device(config)
+    try:
+        if distributed.is_main():
+            run = (Run.join(out, config=config, data=data, name=config.model.name) if fold is not None
+                   else Run.create(out, config=config, data=data, name=config.model.name))
+            run.update_info(cache_dir=str(cache_dir.resolve()))
+        run = Run(Path(distributed.broadcast(str(run.dir) if distributed.is_main() else None)))
+        run.log(f"run folder: {run.dir}")
+        return _execute(run, config, data, cache_dir=cache_dir, progress=progress, device=device, fold=fold)
+    finally:
+        distributed.teardown()
 
 
-def resume(folder: str | Path, *, progress: bool = True) -> Run:
-    """Continue the run in ``folder`` with its saved config and dataset."""
+def resume(folder: str | Path, *, progress: bool = True, fold: int | None = None) -> Run:
+    """Continue the run in ``folder`` with its saved config and dataset (only ``fold``, if given)."""
     run = Run.open(folder)
     info = run.info
     if info.get("status") == "done":
         run.log(f"{folder} is already complete; nothing to do")
         return run
-    run.log(f"resuming {run.dir}")
+    device = _device(run.config)
+    try:
+        run.log(f"resuming {run.dir}")
+        cache_dir = Path(info.get("cache_dir") or default_cache_dir())
+        return _execute(run, run.config, run.data, cache_dir=cache_dir, progress=progress, device=device, fold=fold)
+    finally:
+        distributed.teardown()
+
+
+def merge(folder: str | Path, *, progress: bool = True) -> Run:
+    """Assemble a run whose folds were trained by separate jobs (``audiotag train --fold K``): OOF
+    and fold-averaged test predictions and scores, exactly as a serial run writes them."""
+    run = Run.open(folder)
+    config, info = run.config, run.info
     cache_dir = Path(info.get("cache_dir") or default_cache_dir())
-    return _execute(run, run.config, run.data, cache_dir=cache_dir, progress=progress)
+    ds, features = _prepare(run, config, run.data, cache_dir=cache_dir, progress=progress)
+    train_clips, test_clips = ds.split("curated"), ds.split("test")
+    folds = _load_folds(run, config, ds, train_clips, cache_dir)
+    todo = config.train.only_folds if config.train.only_folds is not None else range(folds.n_folds)
+    missing = [k for k in todo if not (run.fold_dir(k) / "done.json").exists()]
+    if missing:
+        raise AudiotagError(f"{run.dir}: fold(s) {', '.join(map(str, missing))} are not done",
+                            hint="train them first: " + "; ".join(f"audiotag train --resume {run.dir} --fold {k}"
+                                                                  for k in missing))
+    results = [load_fold_result(run, k, folds=folds, train_clips=train_clips) for k in todo]
+    scores = assemble(run=run, config=config, ds=ds, folds=folds, train_clips=train_clips, test_clips=test_clips,
+                      results=results)
+    return _finish(run, scores, seconds=0.0)
