@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +7,7 @@ import torch
 from audiotag.data.folds import make_folds
 from audiotag.data.layouts import load_dataset
 from audiotag.errors import DataError
-from audiotag.pipeline.inputs import ClipBank, CropSampler, class_balanced_weights, window_starts
+from audiotag.pipeline.inputs import ClipBank, CropSampler, class_balanced_weights, prefetch, window_starts
 
 
 def bank(lengths=(50, 12, 30), k=3):
@@ -92,3 +94,33 @@ def test_a_datasets_own_folds_win(tmp_path):
     assert all(folds.fold[c.fname] == c.fold - 1 for c in ds.clips)
     with pytest.raises(DataError, match="cannot be split"):
         make_folds(ds, ds.clips[:3], n_folds=5, seed=0, use_dataset_folds=False)
+
+
+def _bank_sampler():
+    rng = np.random.default_rng(0)
+    bank = ClipBank([rng.normal(size=(1, 4, n)).astype(np.float32) for n in (5, 9, 12, 3, 20, 7)],
+                    (rng.random((6, 3)) > 0.5).astype(np.float32))
+    return CropSampler(bank, crop_frames=6, batch_size=2, seed=0)
+
+
+def test_prefetch_gives_the_same_batches_in_order():
+    sampler = _bank_sampler()
+    plain, ahead = list(sampler.epoch(3)), list(prefetch(sampler.epoch(3), depth=2))
+    assert len(plain) == len(ahead) == 3
+    for (x, y), (px, py) in zip(plain, ahead):
+        assert torch.equal(x, px) and torch.equal(y, py)
+
+
+def test_prefetch_raises_the_producer_error_and_stops_when_abandoned():
+    def broken():
+        yield torch.zeros(1), torch.zeros(1)
+        raise ValueError("clip 7 is damaged")
+
+    it = prefetch(broken())
+    next(it)
+    with pytest.raises(ValueError, match="clip 7"):
+        next(it)
+    endless = prefetch(((torch.zeros(1), torch.zeros(1)) for _ in iter(int, 1)), depth=1)
+    next(endless)
+    endless.close()  # the consumer stopped early (e.g. early stopping): the thread must end too
+    assert not any(t.name == "audiotag-prefetch" for t in threading.enumerate())

@@ -31,7 +31,7 @@ from ..features.cache import FeatureSet
 from ..features.frontend import channel_names
 from ..metrics import lwlrap
 from ..models import build_model
-from .inputs import ClipBank, CropSampler
+from .inputs import ClipBank, CropSampler, prefetch
 from .noisy import NoisyPlan, noisy_loss, training_bank
 from .predict import InferenceSpec, average_folds, predict_model
 from .runs import CLAIM, Run, claim_folder, write_predictions
@@ -133,7 +133,11 @@ def _fit(folder, *, model: torch.nn.Module, sampler: CropSampler, val_bank: Clip
     if (folder / "last.pt").exists():
         trainer.load_state_dict(load_checkpoint(folder / "last.pt")["trainer"])
         run.log(f"{prefix.strip()}: resuming after epoch {trainer.epoch}")
-    trainer.fit(epochs=epochs, batches_for=sampler.epoch, evaluate=evaluate)
+    batches_for = sampler.epoch
+    if device.type == "cuda":  # on a CPU the cores are better spent on the model itself
+        def batches_for(epoch: int):
+            return prefetch(sampler.epoch(epoch), pin_memory=True)
+    trainer.fit(epochs=epochs, batches_for=batches_for, evaluate=evaluate)
     return trainer
 
 

@@ -8,7 +8,9 @@ decides which clips and which crops make each training batch; its choices are a 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,6 +125,50 @@ class CropSampler:
                       for i in idx]
             x = np.stack([self.bank.piece(i, s, self.crop_frames, pad_mode=self.pad_mode) for i, s in zip(idx, starts)])
             yield torch.from_numpy(x), torch.from_numpy(self.bank.targets[idx].astype(np.float32))
+
+
+def prefetch(batches: Iterable, *, depth: int = 3, pin_memory: bool = False) -> Iterator:
+    """The same batches, made by a background thread up to ``depth`` ahead of the consumer, so a GPU
+    does not wait for crops to be cut from the cache; ``pin_memory`` page-locks tensors so their
+    copies to the GPU are asynchronous. An exception in the thread is raised to the consumer; a
+    consumer that stops early stops the thread."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for batch in batches:
+                if pin_memory:
+                    batch = tuple(t.pin_memory() for t in batch)
+                if not put(batch):
+                    return
+            put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put(e)
+
+    worker = threading.Thread(target=produce, daemon=True, name="audiotag-prefetch")
+    worker.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def window_starts(n_frames: int, window: int, hop: int, *, offset: int = 0) -> list[int]:
