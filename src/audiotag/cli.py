@@ -229,7 +229,7 @@ def cmd_pipeline(args) -> int:
 
     path = Path(args.recipe) if Path(args.recipe).is_file() or args.recipe.endswith((".yaml", ".yml")) \
         else bundled_recipe(args.recipe)
-    recipe = load_recipe(path, args.overrides)
+    recipe = load_recipe(path, args.overrides + ([f"train.device={args.device}"] if args.device else []))
     summary = run_pipeline(recipe, _data_spec(args), out=args.out, base=load_config(args.config),
                            cache_dir=args.cache_dir, progress=not args.quiet)
     print((Path(args.out) / "pipeline.md").read_text(), end="")
@@ -511,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the stages, report and submission")
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache folder")
+    _add_device_arg(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pipeline)
 

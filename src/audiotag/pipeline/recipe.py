@@ -35,7 +35,7 @@ from .. import fsutil
 from ..config import Config, _merge, config_from_dict, parse_override
 from ..errors import AudiotagError, ConfigError
 from .ablation import VARIANTS
-from .runs import DataSpec, Run
+from .runs import DataSpec, Run, result_settings
 
 STAGE_KEYS = {"name", "set", "variant", "teacher", "ensemble", "blends", "prune", "budget_minutes"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -183,7 +183,7 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
         folder = out / stage.name
         if stage.ensemble is None:
             config = stage_config(recipe, stage, base=base, out=out)
-            fp = _fingerprint(config.to_dict(), vars(data), [fingerprints[d] for d in stage.inputs])
+            fp = _fingerprint(result_settings(config), vars(data), [fingerprints[d] for d in stage.inputs])
         else:
             config = None
             fp = _fingerprint(stage.ensemble, stage.blends, stage.prune, stage.budget_minutes,

@@ -133,7 +133,7 @@ def claim_alive(marker: Path) -> bool:
     return True
 
 
-def _comparable(config: Config) -> dict:
+def result_settings(config: Config) -> dict:
     """A config without the settings that only say where and how fast to compute (fold jobs on
     different machines may differ in them)."""
     d = config.to_dict()
@@ -199,7 +199,7 @@ class Run:
         while True:
             if (out / "config.yaml").is_file() and (out / "run.json").is_file():
                 run = cls.open(out)
-                if _comparable(run.config) != _comparable(config):
+                if result_settings(run.config) != result_settings(config):
                     raise AudiotagError(f"run folder {out} was started with a different config",
                                         hint="give every fold job the same --config and --set options, or use another --out")
                 if run.data != data.absolute():
