@@ -64,9 +64,11 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def teardown() -> None:
+def teardown(*, failed: bool = False) -> None:
+    """Leave the process group; after a failure without waiting for the others (they may never come)."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()
         fsutil.set_writes_enabled(True)
 

@@ -150,9 +150,12 @@ def train(data: DataSpec, config: Config, *, out: str | Path | None = None, cach
             run.update_info(cache_dir=str(cache_dir.resolve()))
         run = Run(Path(distributed.broadcast(str(run.dir) if distributed.is_main() else None)))
         run.log(f"run folder: {run.dir}")
-        return _execute(run, config, data, cache_dir=cache_dir, progress=progress, device=device, fold=fold)
-    finally:
-        distributed.teardown()
+        run = _execute(run, config, data, cache_dir=cache_dir, progress=progress, device=device, fold=fold)
+    except BaseException:
+        distributed.teardown(failed=True)
+        raise
+    distributed.teardown()
+    return run
 
 
 def resume(folder: str | Path, *, progress: bool = True, fold: int | None = None) -> Run:
@@ -166,9 +169,12 @@ def resume(folder: str | Path, *, progress: bool = True, fold: int | None = None
     try:
         run.log(f"resuming {run.dir}")
         cache_dir = Path(info.get("cache_dir") or default_cache_dir())
-        return _execute(run, run.config, run.data, cache_dir=cache_dir, progress=progress, device=device, fold=fold)
-    finally:
-        distributed.teardown()
+        run = _execute(run, run.config, run.data, cache_dir=cache_dir, progress=progress, device=device, fold=fold)
+    except BaseException:
+        distributed.teardown(failed=True)
+        raise
+    distributed.teardown()
+    return run
 
 
 def merge(folder: str | Path, *, progress: bool = True) -> Run:
