@@ -162,6 +162,47 @@ def test_features_killed_at_a_random_moment_resume_to_the_same_cache(demo_data, 
                if p.relative_to(interrupted) not in cut)
 
 
+TRAIN_SETS = ["model.width=8", "model.depth=2", "model.convs_per_block=1", "train.epochs=6", "train.folds=2",
+              "train.crop_seconds=1.0", "train.batch_size=8", "train.precision=fp32", "predict.tta_views=1",
+              "data.num_workers=1", "train.threads=1"]
+
+
+def _train_cmd(demo_data, cache):
+    sets = [a for s in TRAIN_SETS for a in ("--set", s)]
+    return [sys.executable, "-m", "audiotag", "train", "--data", str(demo_data), "--cache-dir", str(cache), "-q", *sets]
+
+
+@pytest.fixture(scope="module")
+def straight_run(demo_data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("straight")
+    subprocess.run(_train_cmd(demo_data, folder / "cache") + ["--out", str(folder / "run")], check=True,
+                   capture_output=True)
+    return folder / "run"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_training_killed_at_a_random_moment_resumes_to_the_uninterrupted_result(demo_data, straight_run, tmp_path,
+                                                                                 seed):
+    rng = np.random.default_rng(seed)
+    fold, epochs_done, delay = int(rng.integers(0, 2)), int(rng.integers(0, 6)), float(rng.uniform(0, 0.3))
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_train_cmd(demo_data, straight_run.parent / "cache") + ["--out", str(cut)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    history = cut / f"fold_{fold}" / "history.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (history.exists() and history.read_text().count("\n") > epochs_done):
+        time.sleep(0.005)
+    time.sleep(delay)  # somewhere inside the next epoch, or in the fold's predictions
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "scores.json").exists(), "the run finished before the kill: nothing was tested"
+    subprocess.run([sys.executable, "-m", "audiotag", "train", "--resume", str(cut), "-q"], check=True,
+                   capture_output=True)
+    for name in ("oof_predictions.csv", "test_predictions.csv", "folds.csv"):
+        assert (cut / name).read_bytes() == (straight_run / name).read_bytes(), name
+
+
 def test_a_full_disk_leaves_no_file_behind_and_says_so(tmp_path, monkeypatch):
     def full(file, array, allow_pickle=False):
         file.write(b"\x93NUMPY partial")
