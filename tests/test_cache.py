@@ -10,14 +10,16 @@ import torch
 from audiotag.audio.io import load_audio
 from audiotag.config import Config, load_config
 from audiotag.data.layouts import load_dataset
-from audiotag.errors import ValidationFailed
+from audiotag import fsutil
+from audiotag.errors import AudiotagError, ValidationFailed
 from audiotag.features import cache as cache_module
 from audiotag.features.cache import FeatureStore, build_features
 from audiotag.features.frontend import FrontEnd
 
 
 def entries(store: FeatureStore) -> dict:
-    return {p.name: p.stat().st_mtime_ns for p in store.dir.glob("*/*.npy")}
+    """Each indexed entry with its pack's modification time."""
+    return {digest: (e, (store.packs / e.pack).stat().st_mtime_ns) for digest, e in store.entries().items()}
 
 
 def test_features_equal_the_frontend_and_are_reused(demo_data, cache_dir):
@@ -33,7 +35,8 @@ def test_features_equal_the_frontend_and_are_reused(demo_data, cache_dir):
         assert x.dtype == np.float16 and x.shape == expected.shape == (1, 64, 1 + len(y) // 320)
         np.testing.assert_allclose(x.astype(np.float32), expected, atol=0.05)  # float16 storage
     before = entries(built.store)
-    assert len(before) == len(ds.clips)
+    assert len(before) == len(set(built.digests.values())) == len(ds.clips)
+    assert len({e.pack for e, _ in before.values()}) < len(ds.clips) / 4  # a few clips per file
     again = build_features(ds, cfg, cache_dir=cache_dir, progress=False)
     assert entries(again.store) == before  # nothing recomputed or rewritten
 
@@ -65,16 +68,34 @@ def test_interrupted_and_damaged_entries_are_never_trusted(demo_data, cache_dir)
     ds = load_dataset(demo_data)
     built = build_features(ds, Config(), cache_dir=cache_dir, progress=False)
     clip = ds.clips[0]
-    path = built.store.path(built.digests[clip.key])
+    digest = built.digests[clip.key]
     good = np.array(built.load(clip))
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # as if cut off mid-write
-    assert not built.store.has(built.digests[clip.key])
-    stale = path.parent / ".tmp-999-0-x.npy"  # left by a killed writer long ago
+    entry = built.store.entry(digest)
+    pack = built.store.packs / entry.pack
+    pack.write_bytes(pack.read_bytes()[: entry.offset + entry.nbytes // 2])  # as if damaged on disk
+    assert not FeatureStore(cache_dir, Config().audio, Config().features).has(digest)
+    with pytest.raises(AudiotagError, match="missing or damaged"):
+        FeatureStore(cache_dir, Config().audio, Config().features).load(digest, mmap=False)
+    stale = built.store.packs / ".tmp-999-0-x.pack"  # left by a killed writer long ago
     stale.write_bytes(b"partial")
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     rebuilt = build_features(ds, Config(), cache_dir=cache_dir, progress=False)
     np.testing.assert_array_equal(rebuilt.load(clip), good)
+    assert rebuilt.store.entry(digest).pack != entry.pack  # rewritten elsewhere, the damaged pack not trusted
     assert not stale.exists()
+
+
+def test_a_pack_written_but_never_indexed_is_ignored(demo_data, cache_dir, monkeypatch):
+    """A build killed between writing a pack and indexing it leaves data nobody reads."""
+    ds = load_dataset(demo_data)
+    cfg = load_config(None, ["data.num_workers=1"])
+    monkeypatch.setattr(fsutil, "writes_enabled", lambda: False)  # packs land, index rows do not
+    with pytest.raises(AudiotagError, match="missing or damaged"):
+        build_features(ds, cfg, cache_dir=cache_dir, splits=("test",), progress=False).load(ds.split("test")[0])
+    monkeypatch.undo()
+    assert FeatureStore(cache_dir, cfg.audio, cfg.features).entries() == {}
+    built = build_features(ds, cfg, cache_dir=cache_dir, splits=("test",), progress=False)
+    assert len(built.store.entries()) == len(ds.split("test"))
 
 
 def test_float32_cache_is_exact(demo_data, cache_dir):

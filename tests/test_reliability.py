@@ -19,7 +19,7 @@ from audiotag import cli, fsutil
 from audiotag.config import Config
 from audiotag.data.check import check_dataset
 from audiotag.data.layouts import load_dataset
-from audiotag.features.cache import build_features
+from audiotag.features.cache import FeatureStore, build_features
 
 SR = 16000
 
@@ -131,9 +131,11 @@ def test_the_cli_reports_the_corpus_in_one_pass_without_a_traceback(corpus, tmp_
 
 
 def _entries(cache):
-    """Complete cache entries (a killed writer's temporary ``.tmp-*`` file is not one)."""
-    return {p.relative_to(cache): p for p in cache.glob("features/*/*/*.npy")
-            if not p.name.startswith(fsutil.TMP_PREFIX)}
+    """The cache's indexed entries: digest -> the bytes of its features."""
+    store = FeatureStore(cache, Config().audio, Config().features)
+    if not store.dir.exists():
+        return {}
+    return {digest: store.load(digest, mmap=False).tobytes() for digest in store.entries()}
 
 
 @pytest.mark.slow
@@ -142,8 +144,9 @@ def test_features_killed_at_a_random_moment_resume_to_the_same_cache(demo_data, 
     cmd = [sys.executable, "-m", "audiotag", "features", str(demo_data), "-q"]
     reference, interrupted = tmp_path / "ref", tmp_path / "cut"
     subprocess.run(cmd + ["--cache-dir", str(reference)], check=True, capture_output=True)
-    total = len(_entries(reference))
-    target = int(np.random.default_rng(seed).integers(1, total - 10))  # entries written before the kill
+    ref = _entries(reference)
+    total = len(ref)
+    target = int(np.random.default_rng(seed).integers(1, total - 100))  # entries written before the kill
     proc = subprocess.Popen(cmd + ["--cache-dir", str(interrupted)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
@@ -153,13 +156,14 @@ def test_features_killed_at_a_random_moment_resume_to_the_same_cache(demo_data, 
     proc.wait()
     assert len(_entries(interrupted)) < total, "the build finished before the kill: nothing was tested"
     subprocess.run(cmd + ["--cache-dir", str(interrupted)], check=True, capture_output=True)
-    ref = {k: p.read_bytes() for k, p in _entries(reference).items()}
-    cut = {k: p.read_bytes() for k, p in _entries(interrupted).items()}
+    cut = _entries(interrupted)
     assert ref and ref.keys() == cut.keys()  # every entry present
     assert all(ref[k] == cut[k] for k in ref)  # and bit-identical
-    # anything else left is a killed writer's temporary file (removed once stale), never read as an entry
-    assert all(p.name.startswith(fsutil.TMP_PREFIX) for p in interrupted.glob("features/*/*/*")
-               if p.relative_to(interrupted) not in cut)
+    # the index only ever points at complete, renamed packs; a killed writer's temporary file
+    # (removed once stale) is never read
+    store = FeatureStore(interrupted, Config().audio, Config().features)
+    indexed = {e.pack for e in store.entries().values()}
+    assert all((store.packs / name).is_file() and not name.startswith(fsutil.TMP_PREFIX) for name in indexed)
 
 
 TRAIN_SETS = ["model.width=8", "model.depth=2", "model.convs_per_block=1", "train.epochs=6", "train.folds=2",

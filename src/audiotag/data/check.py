@@ -127,6 +127,7 @@ class AudioScan:
 
     fn: Callable = scan_file
     chunked: bool = False  # fn takes a list of tasks and returns a list of results
+    chunk_size: int = 8  # tasks sent to a worker at once
     initializer: Callable | None = None
     initargs: tuple = ()
     needs_work: Callable[[AudioVerdict], bool] = field(default=lambda verdict: False)
@@ -170,7 +171,8 @@ def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = N
         found: list[tuple[FileStat, AudioVerdict]] = []
         for stat, verdict in parallel_map(scan.fn, pending(), total=len(decodable), num_workers=num_workers,
                                           desc=scan.desc, progress=progress, initializer=scan.initializer,
-                                          initargs=scan.initargs, chunked=scan.chunked):
+                                          initargs=scan.initargs, chunked=scan.chunked,
+                                          chunk_size=scan.chunk_size):
             verdicts[stat.path] = verdict
             if verdict.digest:
                 found.append((stat, verdict))

@@ -4,25 +4,36 @@ Layout under the cache folder::
 
     inventory.sqlite                    file identity -> content digest -> decode verdict
     features/<key>/meta.json            the settings and versions behind <key>
-    features/<key>/<dd>/<digest>.npy    one clip, [shape=(C, F, T)], float16 or float32
+    features/<key>/index.sqlite         content digest -> (pack, offset, shape, dtype)
+    features/<key>/packs/<name>.pack    the raw arrays of a few clips, [shape=(C, F, T)] each,
+                                        float16 or float32, 64-byte aligned
 
 ``<key>`` hashes the audio and feature settings, this module's version and the versions of the
-libraries that compute them; ``<digest>`` hashes the file's bytes. Changing either builds new
-entries and never reads stale ones. Entries are written to a temporary file and renamed, so an
-interrupted build leaves nothing half-written under a real name, and several processes can build
-the same cache at once (at worst computing an entry twice). Entries are read memory-mapped, so
-datasets larger than RAM train without loading everything.
+libraries that compute them; the digest hashes the file's bytes. Changing either builds new
+entries and never reads stale ones. A worker writes the features of a chunk of clips as one pack
+(creating a file costs more than computing a log-mel on some filesystems, and tens of thousands of
+small files are slow everywhere), to a temporary name renamed when complete, and only then records
+its entries in the index: an interrupted build leaves at most an unreferenced pack, never an
+index row pointing at missing or partial data. Several processes can build the same cache at once
+(at worst computing an entry twice). Entries are read memory-mapped, so datasets larger than RAM
+train without loading everything.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
+import os
+import sqlite3
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile
@@ -35,12 +46,14 @@ from ..audio.io import prepare_waveform
 from ..config import AudioConfig, Config, FeatureConfig
 from ..data.check import AudioScan, CheckReport, check_dataset
 from ..data.records import Clip, Dataset
-from ..errors import AudiotagError, ValidationFailed
+from ..errors import AudiotagError, DataError, ValidationFailed
 from .frontend import FrontEnd
 
-# Bumped whenever this package computes features differently for the same settings.
-FEATURE_CODE_VERSION = 1
+# Bumped whenever this package computes or stores features differently for the same settings.
+FEATURE_CODE_VERSION = 2
 STALE_TMP_S = 3600
+ALIGN = 64  # bytes: every array starts on a cache line (and a SIMD-friendly address)
+_pack_counter = itertools.count()
 
 
 def library_versions() -> dict[str, str]:
@@ -54,6 +67,19 @@ def feature_key(audio: AudioConfig, features: FeatureConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class Entry(NamedTuple):
+    """Where one clip's features are: ``nbytes`` from ``offset`` in ``pack``."""
+
+    pack: str
+    offset: int
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+
 class FeatureStore:
     """Cached features of one (audio, features) setting, addressed by audio content digest."""
 
@@ -62,7 +88,46 @@ class FeatureStore:
         self.audio, self.features = audio, features
         self.key = feature_key(audio, features)
         self.dir = self.cache_dir / "features" / self.key
+        self.packs = self.dir / "packs"
         self.dtype = np.dtype(features.cache_dtype)
+        self._entries: dict[str, Entry] = {}
+        self._pack_sizes: dict[str, int] = {}
+
+    def connect(self) -> sqlite3.Connection:
+        """A connection to the index. Each process opens its own: SQLite must not be used (or
+        closed) on both sides of a fork."""
+        path = self.dir / "index.sqlite"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, timeout=120, isolation_level=None)
+            db.execute("PRAGMA busy_timeout = 120000")
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError:
+                pass  # some network filesystems refuse WAL; the default journal still works
+            db.execute("CREATE TABLE IF NOT EXISTS entries (digest TEXT PRIMARY KEY, pack TEXT, offset INTEGER, "
+                       "shape TEXT, dtype TEXT)")
+        except (OSError, sqlite3.Error) as e:
+            raise DataError(f"cannot open the feature index {path}: {e}",
+                            hint="the cache folder must be writable; choose another with --cache-dir or "
+                                 "AUDIOTAG_CACHE") from None
+        return db
+
+    @contextmanager
+    def _index(self) -> Iterator[sqlite3.Connection]:
+        db = self.connect()
+        try:
+            yield db
+        finally:
+            db.close()
+
+    def refresh(self) -> None:
+        """Read the whole index (one query; later lookups of known digests touch no database)."""
+        with self._index() as db:
+            rows = db.execute("SELECT digest, pack, offset, shape, dtype FROM entries").fetchall()
+        self._entries = {digest: Entry(pack, offset, tuple(json.loads(shape)), dtype)
+                         for digest, pack, offset, shape, dtype in rows}
+        self._pack_sizes.clear()
 
     def ensure(self) -> None:
         meta = self.dir / "meta.json"
@@ -71,41 +136,85 @@ class FeatureStore:
                 "key": self.key, "audio": dataclasses.asdict(self.audio), "features": dataclasses.asdict(self.features),
                 "code_version": FEATURE_CODE_VERSION, "versions": library_versions()}, indent=2))
         now = time.time()
-        for tmp in self.dir.glob(f"*/{fsutil.TMP_PREFIX}*"):
+        for tmp in self.packs.glob(f"{fsutil.TMP_PREFIX}*"):
             try:
                 if now - tmp.stat().st_mtime > STALE_TMP_S:  # left by a killed process
                     tmp.unlink()
             except FileNotFoundError:
                 pass
+        self.refresh()
 
-    def path(self, digest: str) -> Path:
-        return self.dir / digest[:2] / f"{digest}.npy"
+    def entries(self) -> dict[str, Entry]:
+        """Every indexed entry, read afresh."""
+        self.refresh()
+        return dict(self._entries)
+
+    def entry(self, digest: str) -> Entry | None:
+        found = self._entries.get(digest)
+        if found is None:
+            with self._index() as db:
+                row = db.execute("SELECT pack, offset, shape, dtype FROM entries WHERE digest = ?",
+                                 (digest,)).fetchone()
+            if row is None:
+                return None
+            found = self._entries[digest] = Entry(row[0], row[1], tuple(json.loads(row[2])), row[3])
+        return found
 
     def has(self, digest: str) -> bool:
-        """True when a complete entry exists (its size matches its header)."""
-        path = self.path(digest)
-        try:
-            with open(path, "rb") as f:
-                fmt = np.lib.format
-                version = fmt.read_magic(f)
-                read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-                shape, _, dtype = read_header(f)
-                expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
-            return path.stat().st_size == expected
-        except (OSError, ValueError):
+        """True when an entry was indexed at the last :meth:`refresh` and its pack holds all of its
+        bytes (an entry another process adds meanwhile is at worst computed twice)."""
+        entry = self._entries.get(digest)
+        if entry is None:
             return False
+        size = self._pack_sizes.get(entry.pack)
+        if size is None:
+            try:
+                size = self._pack_sizes[entry.pack] = (self.packs / entry.pack).stat().st_size
+            except OSError:
+                return False
+        return entry.offset + entry.nbytes <= size
 
     def load(self, digest: str, *, mmap: bool = True) -> np.ndarray:
         """``[shape=(C, F, T)]`` features of one clip (memory-mapped, read-only)."""
-        path = self.path(digest)
+        entry = self.entry(digest)
+        path = self.packs / entry.pack if entry else self.dir
         try:
-            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+            if entry is None:
+                raise ValueError(f"no entry for content {digest}")
+            if mmap:
+                return np.memmap(path, dtype=entry.dtype, mode="r", offset=entry.offset, shape=entry.shape)
+            data = np.fromfile(path, dtype=entry.dtype, count=int(np.prod(entry.shape)), offset=entry.offset)
+            if data.size != int(np.prod(entry.shape)):
+                raise ValueError("the pack is shorter than its index says")
+            return data.reshape(entry.shape)
         except (OSError, ValueError) as e:
-            raise AudiotagError(f"cache entry {path} is missing or damaged ({e})",
+            raise AudiotagError(f"cache entry {digest} in {path} is missing or damaged ({e})",
                                 hint="run `audiotag features` again: missing entries are rebuilt") from None
 
-    def write(self, digest: str, features: np.ndarray) -> None:
-        fsutil.save_npy(self.path(digest), np.ascontiguousarray(features, dtype=self.dtype))
+    def write(self, items: list[tuple[str, np.ndarray]], *, db: sqlite3.Connection | None = None) -> None:
+        """Store ``(digest, features)`` pairs as one pack, then index them (through ``db``, an open
+        :meth:`connect`-ion, when given)."""
+        if not items:
+            return
+        name = f"{os.getpid()}-{time.time_ns()}-{next(_pack_counter)}.pack"
+        rows, offset = [], 0
+        with fsutil.atomic_path(self.packs / name) as tmp:
+            with open(tmp, "wb") as f:
+                for digest, features in items:
+                    array = np.ascontiguousarray(features, dtype=self.dtype)
+                    pad = -offset % ALIGN
+                    f.write(b"\0" * pad)
+                    offset += pad
+                    f.write(array.data)
+                    rows.append((digest, name, offset, json.dumps(array.shape), array.dtype.str))
+                    offset += array.nbytes
+        if not fsutil.writes_enabled():
+            return
+        with self._index() if db is None else nullcontext(db) as db, db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)", rows)
+        for digest, pack, offset, shape, dtype in rows:
+            self._entries[digest] = Entry(pack, offset, tuple(json.loads(shape)), dtype)
 
 
 @dataclass
@@ -127,6 +236,7 @@ class FeatureSet:
 # ----------------------------------------------------------------------------- workers
 
 _WORKER: dict = {}
+_INHERITED: list = []
 
 
 def _init_worker(config: dict, cache_dir: str) -> None:
@@ -163,7 +273,7 @@ def _extract(tasks: list[tuple[str, str]]) -> list[tuple[FileStat, AudioVerdict]
     """
     store: FeatureStore = _WORKER["store"]
     audio = store.audio
-    results = []
+    results, computed = [], []
     paths = [Path(path) for path, _ in tasks]
     contents = _WORKER["reader"].map(_read, paths)
     for (_, name), (stat, data) in zip(tasks, contents):
@@ -177,8 +287,23 @@ def _extract(tasks: list[tuple[str, str]]) -> list[tuple[FileStat, AudioVerdict]
         if decoded is not None:
             y = prepare_waveform(*decoded, sample_rate=audio.sample_rate, quality=audio.resample_quality,
                                  trim_top_db=audio.trim_top_db if audio.trim_silence else None)
-            store.write(verdict.digest, compute_features(y, _WORKER["frontend"], dtype=store.features.cache_dtype))
+            computed.append((verdict.digest, compute_features(y, _WORKER["frontend"],
+                                                              dtype=store.features.cache_dtype)))
+    if computed:
+        store.write(computed, db=_worker_index(store))
     return results
+
+
+def _worker_index(store: FeatureStore) -> sqlite3.Connection:
+    """This process's connection to ``store``'s index, kept open between chunks."""
+    held = _WORKER.get("index")
+    if held is None or held[:2] != (os.getpid(), store.dir):
+        if held is not None and held[0] == os.getpid():
+            held[2].close()
+        elif held is not None:
+            _INHERITED.append(held)  # the parent's, inherited by fork: never used or closed here
+        held = _WORKER["index"] = (os.getpid(), store.dir, store.connect())
+    return held[2]
 
 
 def build_features(ds: Dataset, config: Config, *, cache_dir: str | Path | None = None, splits: tuple[str, ...] | None = None,
@@ -197,12 +322,15 @@ def build_features(ds: Dataset, config: Config, *, cache_dir: str | Path | None 
                                  audio_dirs={s: d for s, d in ds.audio_dirs.items() if s in splits})
     store = FeatureStore(cache_dir, config.audio, config.features)
     store.ensure()
-    scan = AudioScan(fn=_extract, chunked=True, initializer=_init_worker, initargs=(config.to_dict(), str(cache_dir)),
+    # 16 clips per chunk, one pack each: fewer files to create, still a fine-grained progress bar
+    scan = AudioScan(fn=_extract, chunked=True, chunk_size=16, initializer=_init_worker,
+                     initargs=(config.to_dict(), str(cache_dir)),
                      needs_work=lambda verdict: verdict.ok and not store.has(verdict.digest), desc="features")
     report = check_dataset(ds, cache_dir=cache_dir, num_workers=config.data.num_workers, progress=progress,
                            sample_rate=config.audio.sample_rate, scan=scan, stop_early=not skip_bad)
     if not report.ok(skip_bad=skip_bad):
         raise ValidationFailed(report)
+    store.refresh()  # the entries the workers just wrote
     kept = ds.without(report.errors)
     return FeatureSet(dataset=kept, store=store, digests={c.key: report.digests[c.key] for c in kept.clips},
                       report=report)
