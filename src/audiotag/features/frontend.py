@@ -116,18 +116,34 @@ class LogMel(nn.Module):
     def power_mel(self, waveform: torch.Tensor) -> torch.Tensor:
         """Mel power ``(B, T, n_mels)`` (time-major, as computed)."""
         b, n = waveform.shape
-        half = self.n_fft // 2
-        padded = nn.functional.pad(waveform[:, None, :], (half, half))[:, 0]
-        frames = padded.unfold(-1, self.n_fft, self.hop_length)  # (B, T, n_fft), a view
-        t = frames.shape[1]
+        t = self.n_frames(n)
         out = waveform.new_empty(b, t, self.n_mels)
         for i in range(0, t, self.CHUNK_FRAMES):
-            self._power_mel_chunk(frames[:, i : i + self.CHUNK_FRAMES], out[:, i : i + self.CHUNK_FRAMES])
+            stop = min(t, i + self.CHUNK_FRAMES)
+            self._power_mel_chunk(self._windowed_frames(waveform, i, stop), out[:, i:stop])
         return out
+
+    def _windowed_frames(self, waveform: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Frames ``start .. stop - 1`` of the centred (zero-padded) signal times the window,
+        ``(B, stop - start, n_fft)``. Only the few frames that reach past either end are built from
+        a padded copy: padding the whole clip first cost as much as the window product."""
+        n, half, hop = waveform.shape[-1], self.n_fft // 2, self.hop_length
+        frames = waveform.new_empty(waveform.shape[0], stop - start, self.n_fft)
+        inner_start = min(stop, max(start, -(-half // hop)))  # first frame with no left padding
+        inner_stop = max(inner_start, min(stop, (n - half) // hop + 1 if n >= half else 0))
+        for a, b in ((start, inner_start), (inner_start, inner_stop), (inner_stop, stop)):
+            if b <= a:
+                continue
+            lo, hi = a * hop - half, (b - 1) * hop + half  # samples spanned, in unpadded positions
+            segment = waveform[:, max(lo, 0) : min(hi, n)]
+            if lo < 0 or hi > n:
+                segment = nn.functional.pad(segment, (max(0, -lo), max(0, hi - n)))
+            torch.mul(segment.unfold(-1, self.n_fft, hop), self.window, out=frames[:, a - start : b - start])
+        return frames
 
     def _power_mel_chunk(self, frames: torch.Tensor, out: torch.Tensor) -> None:
         b, t, _ = frames.shape
-        spec = torch.fft.rfft(frames * self.window)  # (B, t, n_bins) complex
+        spec = torch.fft.rfft(frames)  # (B, t, n_bins) complex
         if self.power == 2.0:
             parts = torch.view_as_real(spec).reshape(b, t, -1)  # (B, t, 2 * n_bins): re, im, re, im, ...
             parts.square_()
@@ -135,9 +151,10 @@ class LogMel(nn.Module):
         else:
             parts = spec.abs().pow_(self.power)
             weights, scale = self.mel_t, 1
-        for start, stop, lo, hi in self.bands:
-            torch.matmul(parts[:, :, scale * lo : scale * hi], weights[scale * lo : scale * hi, start:stop],
-                         out=out[:, :, start:stop])
+        for row in range(b):  # one clip at a time: a batched product cannot write into a slice of a chunk
+            for start, stop, lo, hi in self.bands:
+                torch.matmul(parts[row, :, scale * lo : scale * hi], weights[scale * lo : scale * hi, start:stop],
+                             out=out[row, :, start:stop])
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         mel = self.power_mel(waveform)  # (B, T, M)
