@@ -4,6 +4,7 @@ import pickle
 import pytest
 import torch
 
+from audiotag import fsutil
 from audiotag.engine.checkpoint import load_checkpoint, save_checkpoint
 from audiotag.engine.precision import resolve_device, resolve_precision
 from audiotag.engine.trainer import lr_lambda
@@ -69,3 +70,18 @@ def test_device_and_precision_resolution():
     before = torch.get_rng_state()
     choice = resolve_precision("auto", device=torch.device("cpu"), model=wrapped, example=example)
     assert choice in ("fp32", "bf16") and torch.equal(torch.get_rng_state(), before)
+
+
+def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = tmp_path / "fold_0" / f"{fsutil.TMP_PREFIX}{int(dead.stdout)}-3-best.pt"
+    mine = tmp_path / f"{fsutil.TMP_PREFIX}{os.getpid()}-0-last.pt"
+    odd = tmp_path / f"{fsutil.TMP_PREFIX}x-last.pt"
+    for path in (gone, mine, odd):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"partial")
+    assert fsutil.remove_orphaned_temporaries(tmp_path) == [gone]
+    assert not gone.exists() and mine.exists() and odd.exists()

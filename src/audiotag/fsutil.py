@@ -92,3 +92,28 @@ def save_npy(path: str | Path, array: np.ndarray) -> Path:
         with open(tmp, "wb") as f:
             np.save(f, array, allow_pickle=False)
     return Path(path)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_orphaned_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files under ``folder`` whose writer no longer runs (a killed process's
+    half-written output; never read, but litter). Files of live processes are left alone."""
+    removed = []
+    for path in Path(folder).rglob(f"{TMP_PREFIX}*"):
+        try:
+            pid = int(path.name[len(TMP_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _process_alive(pid):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -173,6 +173,7 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "pipeline.json"
+    fsutil.remove_orphaned_temporaries(out)  # a killed run's half-written files (stages resume below)
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     recorded = state.get("stages", {})
     data = data.absolute()

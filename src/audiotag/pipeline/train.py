@@ -168,6 +168,9 @@ def resume(folder: str | Path, *, progress: bool = True, fold: int | None = None
     device = _device(run.config)
     try:
         run.log(f"resuming {run.dir}")
+        if distributed.is_main():
+            for path in fsutil.remove_orphaned_temporaries(run.dir):
+                run.log(f"removed {path.relative_to(run.dir)}, left half-written by the interrupted process")
         cache_dir = Path(info.get("cache_dir") or default_cache_dir())
         run = _execute(run, run.config, run.data, cache_dir=cache_dir, progress=progress, device=device, fold=fold)
     except BaseException:
