@@ -93,9 +93,32 @@ def test_a_pack_written_but_never_indexed_is_ignored(demo_data, cache_dir, monke
     with pytest.raises(AudiotagError, match="missing or damaged"):
         build_features(ds, cfg, cache_dir=cache_dir, splits=("test",), progress=False).load(ds.split("test")[0])
     monkeypatch.undo()
-    assert FeatureStore(cache_dir, cfg.audio, cfg.features).entries() == {}
+    store = FeatureStore(cache_dir, cfg.audio, cfg.features)
+    assert store.entries() == {}
+    orphans = list(store.packs.iterdir())
+    assert orphans
     built = build_features(ds, cfg, cache_dir=cache_dir, splits=("test",), progress=False)
     assert len(built.store.entries()) == len(ds.split("test"))
+    assert all(p.exists() for p in orphans)  # recent: perhaps a live build about to index them
+    for path in orphans:
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    build_features(ds, cfg, cache_dir=cache_dir, splits=("test",), progress=False)
+    assert not any(p.exists() for p in orphans)  # stale and never indexed: removed
+    assert all((store.packs / e.pack).exists() for e in store.entries().values())
+
+
+def test_an_entry_written_twice_keeps_its_first_location(cache_dir):
+    """Two builders computing one clip at once: readers of the first location must keep working."""
+    cfg = Config()
+    first, second = (FeatureStore(cache_dir, cfg.audio, cfg.features) for _ in range(2))
+    features = np.arange(64 * 10, dtype=np.float16).reshape(1, 64, 10)
+    first.write([("a" * 32, features)])
+    location = first.entry("a" * 32)
+    second.write([("a" * 32, features), ("b" * 32, features + 1)])
+    assert FeatureStore(cache_dir, cfg.audio, cfg.features).entry("a" * 32) == location
+    np.testing.assert_array_equal(second.load("b" * 32), features + 1)
+    second.write([("b" * 32, features + 1)])  # nothing new: its pack is removed at once
+    assert len(list(second.packs.iterdir())) == 2
 
 
 def test_float32_cache_is_exact(demo_data, cache_dir):

@@ -13,9 +13,10 @@ libraries that compute them; the digest hashes the file's bytes. Changing either
 entries and never reads stale ones. A worker writes the features of a chunk of clips as one pack
 (creating a file costs more than computing a log-mel on some filesystems, and tens of thousands of
 small files are slow everywhere), to a temporary name renamed when complete, and only then records
-its entries in the index: an interrupted build leaves at most an unreferenced pack, never an
-index row pointing at missing or partial data. Several processes can build the same cache at once
-(at worst computing an entry twice). Entries are read memory-mapped, so datasets larger than RAM
+its entries in the index: an interrupted build leaves at most an unreferenced pack (deleted once
+an hour old), never an index row pointing at missing or partial data. Several processes can build
+the same cache at once (at worst computing an entry twice; the first indexed copy is kept, so a
+location once handed out stays valid). Entries are read memory-mapped, so datasets larger than RAM
 train without loading everything.
 """
 
@@ -136,13 +137,19 @@ class FeatureStore:
                 "key": self.key, "audio": dataclasses.asdict(self.audio), "features": dataclasses.asdict(self.features),
                 "code_version": FEATURE_CODE_VERSION, "versions": library_versions()}, indent=2))
         now = time.time()
-        for tmp in self.packs.glob(f"{fsutil.TMP_PREFIX}*"):
+        files = list(self.packs.glob("*")) if self.packs.is_dir() else []
+        self.refresh()  # after listing: a pack indexed in between is in the index
+        referenced = {e.pack for e in self._entries.values()}
+        for path in files:
+            if path.name in referenced:
+                continue
             try:
-                if now - tmp.stat().st_mtime > STALE_TMP_S:  # left by a killed process
-                    tmp.unlink()
+                # a killed writer's temporary file, or a pack whose build was killed before indexing
+                # it (a fresh one may be about to be indexed by a live process)
+                if now - path.stat().st_mtime > STALE_TMP_S:
+                    path.unlink()
             except FileNotFoundError:
                 pass
-        self.refresh()
 
     def entries(self) -> dict[str, Entry]:
         """Every indexed entry, read afresh."""
@@ -164,8 +171,9 @@ class FeatureStore:
         """True when an entry was indexed at the last :meth:`refresh` and its pack holds all of its
         bytes (an entry another process adds meanwhile is at worst computed twice)."""
         entry = self._entries.get(digest)
-        if entry is None:
-            return False
+        return entry is not None and self._intact(entry)
+
+    def _intact(self, entry: Entry) -> bool:
         size = self._pack_sizes.get(entry.pack)
         if size is None:
             try:
@@ -212,9 +220,20 @@ class FeatureStore:
             return
         with self._index() if db is None else nullcontext(db) as db, db:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)", rows)
-        for digest, pack, offset, shape, dtype in rows:
+            # An intact entry another process indexed meanwhile stays: readers may hold its location,
+            # so a pack, once referenced, stays referenced (unless damaged).
+            found = db.execute(f"SELECT digest, pack, offset, shape, dtype FROM entries WHERE digest IN "
+                               f"({', '.join('?' * len(rows))})", [r[0] for r in rows]).fetchall()
+            kept = {d: Entry(p, o, tuple(json.loads(sh)), dt) for d, p, o, sh, dt in found}
+            self._pack_sizes.clear()
+            kept = {d: e for d, e in kept.items() if self._intact(e)}
+            new = [r for r in rows if r[0] not in kept]
+            db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)", new)
+        if not new:
+            (self.packs / name).unlink(missing_ok=True)  # all computed twice: nobody will read this pack
+        for digest, pack, offset, shape, dtype in new:
             self._entries[digest] = Entry(pack, offset, tuple(json.loads(shape)), dtype)
+        self._entries.update(kept)
 
 
 @dataclass
