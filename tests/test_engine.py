@@ -1,5 +1,6 @@
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,12 +77,18 @@ def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
     import subprocess
     import sys
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    gone = tmp_path / "fold_0" / f"{fsutil.TMP_PREFIX}{int(dead.stdout)}-3-best.pt"
-    mine = tmp_path / f"{fsutil.TMP_PREFIX}{os.getpid()}-0-last.pt"
-    odd = tmp_path / f"{fsutil.TMP_PREFIX}x-last.pt"
-    for path in (gone, mine, odd):
-        path.parent.mkdir(exist_ok=True)
+    # a writer killed mid-write: its temporary file stays behind
+    code = ("import sys; from pathlib import Path; from audiotag import fsutil; "
+            "p = fsutil.temporary_path(Path(sys.argv[1])); p.write_bytes(b'partial'); print(p)")
+    (tmp_path / "fold_0").mkdir()
+    dead = subprocess.run([sys.executable, "-c", code, str(tmp_path / "fold_0" / "best.pt")], capture_output=True,
+                          text=True, check=True)
+    gone = Path(dead.stdout.strip())
+    mine = fsutil.temporary_path(tmp_path / "last.pt")
+    elsewhere = tmp_path / gone.name.replace("@", "@another_machine.")  # same pid, another host
+    legacy = tmp_path / f"{fsutil.TMP_PREFIX}x-last.pt"
+    for path in (mine, elsewhere, legacy):
         path.write_bytes(b"partial")
+    assert gone.exists() and gone.name.startswith(fsutil.TMP_PREFIX)
     assert fsutil.remove_orphaned_temporaries(tmp_path) == [gone]
-    assert not gone.exists() and mine.exists() and odd.exists()
+    assert not gone.exists() and mine.exists() and elsewhere.exists() and legacy.exists()

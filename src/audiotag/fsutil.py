@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ import numpy as np
 from .errors import AudiotagError
 
 TMP_PREFIX = ".tmp-"
+_HOST = socket.gethostname().replace("-", "_")  # "-" separates a temporary name's fields
 _counter = itertools.count()
 _writes_enabled = True
 
@@ -49,6 +51,12 @@ def _explain(path: Path, e: OSError) -> OutputError:
     return OutputError(f"cannot write {path}: {e.strerror or e}", hint=hint)
 
 
+def temporary_path(path: Path) -> Path:
+    """Where ``path`` is written before its rename: unique per machine, process and call, and
+    ending like ``path`` so writers that pick a format from the suffix (matplotlib, numpy) still do."""
+    return path.parent / f"{TMP_PREFIX}{os.getpid()}@{_HOST}-{next(_counter)}-{path.name}"
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``."""
@@ -57,9 +65,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="audiotag-discard-") as scratch:
             yield Path(scratch) / path.name
         return
-    # Unique per process and call; the name ends like the target so writers that pick a format
-    # from the suffix (matplotlib, numpy) still do.
-    tmp_path = path.parent / f"{TMP_PREFIX}{os.getpid()}-{next(_counter)}-{path.name}"
+    tmp_path = temporary_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -106,14 +112,14 @@ def _process_alive(pid: int) -> bool:
 
 def remove_orphaned_temporaries(folder: str | Path) -> list[Path]:
     """Delete the temporary files under ``folder`` whose writer no longer runs (a killed process's
-    half-written output; never read, but litter). Files of live processes are left alone."""
+    half-written output; never read, but litter). Files of live processes are left alone, and so
+    are other machines' (fold jobs of a cluster share a run folder; their pids mean nothing here)."""
     removed = []
     for path in Path(folder).rglob(f"{TMP_PREFIX}*"):
-        try:
-            pid = int(path.name[len(TMP_PREFIX):].split("-", 1)[0])
-        except ValueError:
+        pid, _, host = path.name[len(TMP_PREFIX):].split("-", 1)[0].partition("@")
+        if host != _HOST or not pid.isdigit():
             continue
-        if pid != os.getpid() and not _process_alive(pid):
+        if int(pid) != os.getpid() and not _process_alive(int(pid)):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
