@@ -15,6 +15,8 @@ import yaml
 
 from audiotag import cli, fsutil
 from audiotag.errors import ConfigError
+from audiotag.pipeline.budget import predict_by_view
+from audiotag.pipeline.ensemble import load_member
 from audiotag.pipeline.recipe import bundled_recipe, load_recipe, parse_recipe
 
 from test_train import TINY
@@ -34,8 +36,9 @@ def write_recipe(path, recipe=RECIPE):
     return path
 
 
-def run_cli(recipe, demo_data, out, cache):
-    args = ["pipeline", str(recipe), "--data", str(demo_data), "--out", str(out), "--cache-dir", str(cache), "-q"]
+def run_cli(recipe, demo_data, out, cache, *extra):
+    args = ["pipeline", str(recipe), "--data", str(demo_data), "--out", str(out), "--cache-dir", str(cache), "-q",
+            *extra]
     for item in TINY:
         args += ["--set", item]
     return cli.main(args)
@@ -71,18 +74,32 @@ def test_stages_run_in_order_and_finished_ones_are_reused(demo_data, tmp_path, c
     assert all(now[k] != first[k] for k in now if k.parts[0] == "freqpos")  # redone
     assert (out / ".replaced").is_dir() and len(list((out / ".replaced").iterdir())) == 2  # freqpos, blend
 
-    # an inference budget that fits one member but not both: the blend drops the cheaper loss
+    # an inference budget (--budget-minutes) that fits one member but not both: the blend is cut to fit
     stages = json.loads((out / "pipeline.json").read_text())["stages"]
     minutes = {m: stages[m]["inference_ms_per_clip"] * 3361 / 60000 for m in ("baseline", "freqpos")}
-    changed["stages"][2]["budget_minutes"] = max(minutes.values()) * 1.01
-    assert run_cli(write_recipe(recipe, changed), demo_data, out, cache) == 0
+    budget = max(minutes.values()) * 1.01
+    assert run_cli(write_recipe(recipe, changed), demo_data, out, cache, "--budget-minutes", str(budget)) == 0
     blend = json.loads((out / "pipeline.json").read_text())["stages"]["blend"]
-    assert len(blend["budget_cuts"]) == 1 and len(blend["members"]) == 1
-    cut = blend["budget_cuts"][0]
-    assert cut["minutes_after"] <= changed["stages"][2]["budget_minutes"] < cut["minutes_before"]
-    assert "inference budget dropped" in (out / "pipeline.md").read_text()
-    kept = blend["members"][0]
-    assert (out / "submission.csv").read_bytes() == (out / kept / "test_predictions.csv").read_bytes()
+    cuts = blend["budget_cuts"]
+    assert cuts and cuts[-1]["minutes_after"] <= budget < cuts[0]["minutes_before"]
+    assert blend["inference_ms_per_clip"] * 3361 / 60000 == pytest.approx(cuts[-1]["minutes_after"])
+    assert "inference budget cut" in (out / "pipeline.md").read_text()
+    if [c["kind"] for c in cuts] == ["member"]:  # one member left as it was: its predictions are the submission
+        kept = blend["members"][0]
+        assert (out / "submission.csv").read_bytes() == (out / kept / "test_predictions.csv").read_bytes()
+
+
+def test_predictions_by_view_reproduce_a_finished_stage(straight_pipeline):
+    _, out, cache = straight_pipeline
+    member = load_member(out / "baseline", "baseline")
+    views = predict_by_view(member, cache_dir=cache)
+    assert views.oof.shape == (2, len(member.oof_fnames), len(member.vocabulary))  # clean + 1 TTA view (TINY)
+    assert len(views.test_per_fold) == 2  # one per fold
+    again = views.member_at(member, 1)
+    np.testing.assert_allclose(again.oof, member.oof, atol=1e-6)  # the CSVs hold 6 decimals
+    np.testing.assert_allclose(again.test, member.test, atol=1e-6)
+    clean = views.member_at(member, 0)
+    assert not np.allclose(clean.oof, member.oof, atol=1e-4)  # the view really was removed
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +159,17 @@ def test_a_pipeline_killed_at_a_random_moment_finishes_without_redoing_stages_an
 def test_recipes_that_cannot_work_are_refused_before_any_training(stages, message):
     with pytest.raises(ConfigError, match=message):
         parse_recipe({"stages": stages})
+
+
+def test_a_budget_is_a_positive_number_for_a_recipe_with_a_blend():
+    from audiotag.pipeline.recipe import with_budget
+
+    recipe = parse_recipe(RECIPE)
+    assert [s.budget_minutes for s in with_budget(recipe, 7).stages] == [None, None, 7.0]
+    with pytest.raises(ConfigError, match="positive"):
+        with_budget(recipe, 0)
+    with pytest.raises(ConfigError, match="has none"):
+        with_budget(parse_recipe({"stages": [{"name": "a"}]}), 5)
 
 
 def test_bundled_recipes_are_valid(tmp_path):

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from audiotag.pipeline.inputs import ClipBank
-from audiotag.pipeline.predict import InferenceSpec, average_folds, predict_model
+from audiotag.pipeline.predict import InferenceSpec, average_folds, blend_views, predict_model, predict_views
 
 
 class MeanModel(nn.Module):
@@ -48,6 +48,18 @@ def test_tta_blend_is_beta_clean_plus_rest_views():
     only_views = predict_model(MeanModel(), bank, InferenceSpec(window=40, hop=20, views=3, beta=0.0), device=cpu)
     np.testing.assert_allclose(with_tta, 0.25 * clean + 0.75 * only_views, rtol=1e-6)
     assert not np.allclose(only_views, clean)  # the views really are different inputs
+
+
+def test_views_are_a_prefix_so_fewer_views_need_no_new_prediction():
+    bank, cpu = ramp_bank(), torch.device("cpu")
+    three = predict_views(MeanModel(), bank, InferenceSpec(window=40, hop=20, views=3, beta=0.3), device=cpu)
+    one = predict_views(MeanModel(), bank, InferenceSpec(window=40, hop=20, views=1, beta=0.3), device=cpu)
+    assert three.shape == (4, 1, 2)
+    np.testing.assert_array_equal(three[:2], one)
+    assert not np.allclose(three[1], three[2])
+    for views in (0, 1, 3):
+        spec = InferenceSpec(window=40, hop=20, views=views, beta=0.3)
+        np.testing.assert_array_equal(blend_views(three, 0.3, views), predict_model(MeanModel(), bank, spec, device=cpu))
 
 
 def test_fold_means():

@@ -146,14 +146,22 @@ def ensemble_runs(run_dirs: list[str | Path], *, out: str | Path, blends: tuple[
     """Blend finished runs into ``out`` (see the module docstring); returns the summary."""
     if len(run_dirs) < 2:
         raise AudiotagError("an ensemble needs at least two runs")
-    unknown = [b for b in blends if b not in BLENDERS]
-    if unknown:
-        raise AudiotagError(f"unknown blend(s) {unknown}", hint=f"choose from {', '.join(BLENDERS)}")
     names = []
     for d in run_dirs:
         name = Path(d).name
         names.append(name if name not in names else f"{name}-{len(names)}")
-    members = [load_member(d, name) for d, name in zip(run_dirs, names)]
+    return blend_members([load_member(d, name) for d, name in zip(run_dirs, names)], out=out, blends=blends,
+                         prune_threshold=prune_threshold, progress=progress)
+
+
+def blend_members(members: list[Member], *, out: str | Path, blends: tuple[str, ...] = DEFAULT_BLENDS,
+                  prune_threshold: float = 0.97, progress: bool = True, extra: dict | None = None) -> dict:
+    """:func:`ensemble_runs` on members already loaded (or with predictions of fewer TTA views);
+    ``extra`` is added to the summary (``ensemble.json``, written last: it marks the blend done)."""
+    unknown = [b for b in blends if b not in BLENDERS]
+    if unknown:
+        raise AudiotagError(f"unknown blend(s) {unknown}", hint=f"choose from {', '.join(BLENDERS)}")
+    names = [m.name for m in members]
     check_aligned(members)
     fnames, X, test_fnames, X_test = _stack(members)
     y, y_test = _truth(members[0], fnames, test_fnames)
@@ -211,12 +219,12 @@ def ensemble_runs(run_dirs: list[str | Path], *, out: str | Path, blends: tuple[
         "members": [str(m.run.dir) for m in members], "kept": [names[j] for j in kept],
         "prune_threshold": prune_threshold, "blends": blend_rows, "chosen": chosen,
         "chosen_weights": None if weights is None else {names[kept[j]]: float(w) for j, w in enumerate(weights)},
-        "best_member": best_single, "submission": str(out / "submission.csv"),
+        "best_member": best_single, "submission": str(out / "submission.csv"), **(extra or {}),
     }
-    fsutil.write_text(out / "ensemble.json", json.dumps(summary, indent=2))
     report = [f"# Ensemble of {len(members)} runs", "", "## Members", "", members_md,
               f"Pruned when Pearson r with a better kept member exceeds {prune_threshold}. "
               "Correlation heatmap: `correlation.png`.", "", "## Blends (fitted ones scored by nested CV)", "",
               blends_md, f"Chosen by nested OOF lwlrap: **{chosen}** → `submission.csv`.", ""]
     fsutil.write_text(out / "blends.md", "\n".join(report))
+    fsutil.write_text(out / "ensemble.json", json.dumps(summary, indent=2))
     return summary

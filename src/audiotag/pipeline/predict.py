@@ -89,17 +89,29 @@ def _predict_view(model: nn.Module, bank: ClipBank, spec: InferenceSpec, view: i
     return maxima if spec.aggregate == "max" else sums / counts[:, None]
 
 
+def predict_views(model: nn.Module, bank: ClipBank, spec: InferenceSpec, *, device: torch.device,
+                  precision: str = "fp32") -> np.ndarray:
+    """Probabilities ``(1 + views, n_clips, n_classes)`` of one model: the clean view, then each TTA
+    view. View v is the same whatever ``spec.views`` is, so a prefix is what fewer views predict."""
+    model.eval()
+    return np.stack([_predict_view(model, bank, spec, v, device=device, precision=precision)
+                     for v in range(spec.views + 1)])
+
+
+def blend_views(views: np.ndarray, beta: float, n_views: int | None = None) -> np.ndarray:
+    """The fastai-style TTA blend of ``predict_views``' output using its first ``n_views`` TTA views
+    (all by default), as float32 (what is saved, so predictions combined in memory and ones reloaded
+    from disk agree to the bit)."""
+    n_views = len(views) - 1 if n_views is None else n_views
+    if n_views == 0:
+        return views[0].astype(np.float32)
+    return (beta * views[0] + (1 - beta) * np.mean(views[1 : n_views + 1], axis=0)).astype(np.float32)
+
+
 def predict_model(model: nn.Module, bank: ClipBank, spec: InferenceSpec, *, device: torch.device,
                   precision: str = "fp32") -> np.ndarray:
-    """Probabilities ``(n_clips, n_classes)`` of one model, TTA included, as float32 (what is saved,
-    so predictions combined in memory and ones reloaded from disk agree to the bit)."""
-    model.eval()
-    clean = _predict_view(model, bank, spec, 0, device=device, precision=precision)
-    if spec.views == 0:
-        return clean.astype(np.float32)
-    augmented = np.mean([_predict_view(model, bank, spec, v, device=device, precision=precision)
-                         for v in range(1, spec.views + 1)], axis=0)
-    return (spec.beta * clean + (1 - spec.beta) * augmented).astype(np.float32)
+    """Probabilities ``(n_clips, n_classes)`` of one model, TTA included, as float32."""
+    return blend_views(predict_views(model, bank, spec, device=device, precision=precision), spec.beta)
 
 
 def average_folds(predictions: list[np.ndarray], how: str = "arithmetic") -> np.ndarray:

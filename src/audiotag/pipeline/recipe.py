@@ -14,6 +14,7 @@ A recipe is YAML data::
         set: {features.channels: [logmel, cqt]}
       - name: blend           # an ensemble stage: blends finished stages, writes the submission
         ensemble: [baseline, pseudo, cqt]
+        budget_minutes: 60    # optional: inference budget for 3,361 test clips (see budget.py)
 
 Each stage's fingerprint (its resolved config and its inputs' fingerprints) is recorded in
 ``OUT/pipeline.json``. Re-running skips a finished stage whose fingerprint is unchanged, resumes
@@ -23,6 +24,7 @@ changed, so a killed pipeline continues where it stopped without repeating finis
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -35,12 +37,13 @@ from .. import fsutil
 from ..config import Config, _merge, config_from_dict, parse_override
 from ..errors import AudiotagError, ConfigError
 from .ablation import VARIANTS
-from .runs import DataSpec, Run, result_settings
+from ..metrics import lwlrap
+from .budget import KAGGLE_TEST_CLIPS, BudgetMember, fit_budget, kaggle_minutes, predict_by_view
+from .ensemble import Member, _truth
+from .runs import DataSpec, Run, result_settings, write_predictions
 
 STAGE_KEYS = {"name", "set", "variant", "teacher", "ensemble", "blends", "prune", "budget_minutes"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-# FAT2019's kernels had one hour of GPU time for ~3,400 private test clips.
-KAGGLE_TEST_CLIPS = 3361
 
 
 @dataclass
@@ -52,7 +55,7 @@ class Stage:
     blends: list[str] | None = None
     prune: float = 0.97
     # Ensemble stages: the most minutes inference may take on KAGGLE_TEST_CLIPS clips (as measured
-    # on this machine); members are dropped, cheapest loss first, until the blend fits.
+    # on this machine); TTA views and members are cut (budget.py) until the blend fits.
     budget_minutes: float | None = None
 
     @property
@@ -142,6 +145,17 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return recipe
 
 
+def with_budget(recipe: Recipe, minutes: float) -> Recipe:
+    """The recipe with an inference budget of ``minutes`` on every ensemble stage."""
+    if not minutes > 0:
+        raise ConfigError(f"an inference budget is a positive number of minutes, not {minutes:g}")
+    if not any(s.ensemble for s in recipe.stages):
+        raise ConfigError("an inference budget applies to ensemble stages; this recipe has none",
+                          hint="add a stage with `ensemble: [...]`, or leave out --budget-minutes")
+    stages = [dataclasses.replace(s, budget_minutes=minutes) if s.ensemble else s for s in recipe.stages]
+    return dataclasses.replace(recipe, stages=stages)
+
+
 def bundled_recipe(name: str) -> Path:
     path = Path(__file__).resolve().parents[1] / "configs" / f"pipeline-{name}.yaml"
     if not path.exists():
@@ -166,7 +180,7 @@ def stage_config(recipe: Recipe, stage: Stage, *, base: Config, out: Path) -> Co
 def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Config | None = None,
                  cache_dir: str | Path | None = None, progress: bool = True, log=print) -> dict:
     """Run every stage of ``recipe`` into ``out``; returns the summary written to ``pipeline.json``."""
-    from .ensemble import DEFAULT_BLENDS, ensemble_runs
+    from .ensemble import DEFAULT_BLENDS, blend_members, load_member
     from .train import resume, train
 
     base = base or Config()
@@ -222,28 +236,37 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
                 log(f"[{i}/{len(recipe.stages)}] {stage.name}: done earlier, reused")
                 summary = json.loads(done.read_text())
             else:
-                members, cuts = list(stage.ensemble), []
+                members = [load_member(out / m, m) for m in stage.ensemble]
+                ms_per_clip = {m: results[m]["inference_ms_per_clip"] for m in stage.ensemble}
+                cuts: list[dict] = []
                 if stage.budget_minutes is not None:
-                    members, cuts = fit_budget(out, members, {m: results[m]["inference_ms_per_clip"] for m in members},
-                                               stage.budget_minutes)
+                    if any(v is None for v in ms_per_clip.values()):
+                        raise AudiotagError("an inference budget needs every member's measured inference time",
+                                            hint="the members must have predicted a test split")
+                    candidates = [BudgetMember(m, ms_per_clip[m.name], m.run.config.predict.tta_views) for m in members]
+                    members, ms_per_clip, cuts = fit_budget(
+                        candidates, stage.budget_minutes,
+                        predict=lambda m: predict_by_view(m, cache_dir=cache_dir, progress=progress))
                     for cut in cuts:
-                        log(f"    budget: dropped {cut['dropped']} ({cut['minutes_before']:.1f} -> "
+                        log(f"    budget: cut {cut['dropped']} ({cut['minutes_before']:.1f} -> "
                             f"{cut['minutes_after']:.1f} min, mean-blend OOF lwlrap {cut['oof_before']:.4f} -> "
                             f"{cut['oof_after']:.4f})")
-                log(f"[{i}/{len(recipe.stages)}] {stage.name}: blending {', '.join(members)}")
-                summary = ensemble_runs([out / s for s in members], out=folder,
-                                        blends=tuple(stage.blends or DEFAULT_BLENDS), prune_threshold=stage.prune,
-                                        progress=progress) if len(members) > 1 else _single(out / members[0], folder)
-                summary["budget_cuts"] = cuts
-                fsutil.write_text(folder / "ensemble.json", json.dumps(summary, indent=2))
+                log(f"[{i}/{len(recipe.stages)}] {stage.name}: blending {', '.join(m.name for m in members)}")
+                extra = {"member_ms_per_clip": ms_per_clip, "budget_cuts": cuts}
+                if len(members) > 1:
+                    summary = blend_members(members, out=folder, blends=tuple(stage.blends or DEFAULT_BLENDS),
+                                            prune_threshold=stage.prune, progress=progress, extra=extra)
+                else:
+                    summary = {**_single(members[0], folder), **extra}
+                    fsutil.write_text(folder / "ensemble.json", json.dumps(summary, indent=2))
             chosen = next(b for b in summary["blends"] if b["blend"] == summary["chosen"])
             kept = summary["kept"]
             results[stage.name] = {"kind": "ensemble", "folder": str(folder), "oof_lwlrap": chosen["nested_oof_lwlrap"],
                                    "test_lwlrap": chosen.get("test_lwlrap"), "blend": summary["chosen"],
                                    "members": kept, "minutes": (time.perf_counter() - t0) / 60,
                                    "budget_cuts": summary.get("budget_cuts", []),
-                                   "inference_ms_per_clip": _sum_or_none(results[m]["inference_ms_per_clip"]
-                                                                         for m in kept)}
+                                   "inference_ms_per_clip": _sum_or_none(summary.get("member_ms_per_clip", {}).get(
+                                       m, results[m]["inference_ms_per_clip"]) for m in kept)}
         recorded[stage.name] = {"fingerprint": fp, "status": "done", **results[stage.name]}
         _save_state(state_path, recipe, recorded)
     final = recipe.final
@@ -259,53 +282,15 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
     return summary
 
 
-def fit_budget(out: Path, members: list[str], ms_per_clip: dict[str, float | None],
-               budget_minutes: float) -> tuple[list[str], list[dict]]:
-    """Drop members until the estimated inference time on KAGGLE_TEST_CLIPS clips fits the budget,
-    each time the one whose loss costs the mean blend the least OOF lwlrap; returns the kept members
-    and one row per cut with its time and lwlrap before and after."""
-    import numpy as np
-
-    from ..metrics import lwlrap
-    from .ensemble import _stack, _truth, check_aligned, load_member
-
-    if any(ms_per_clip[m] is None for m in members):
-        raise AudiotagError("an inference budget needs every member's measured inference time",
-                            hint="the members must have predicted a test split")
-    loaded = [load_member(out / m, m) for m in members]
-    check_aligned(loaded)
-    fnames, X, test_fnames, _ = _stack(loaded)
-    y, _ = _truth(loaded[0], fnames, test_fnames)
-
-    def minutes(kept):
-        return sum(ms_per_clip[members[j]] for j in kept) * KAGGLE_TEST_CLIPS / 60000
-
-    def score(kept):
-        return lwlrap(y, X[:, kept].mean(axis=1))
-
-    kept, cuts = list(range(len(members))), []
-    while minutes(kept) > budget_minutes and len(kept) > 1:
-        before_min, before = minutes(kept), score(kept)
-        drop = max(kept, key=lambda j: score([k for k in kept if k != j]))
-        kept.remove(drop)
-        cuts.append({"dropped": members[drop], "minutes_before": before_min, "minutes_after": minutes(kept),
-                     "oof_before": float(before), "oof_after": float(score(kept))})
-    if minutes(kept) > budget_minutes:
-        raise AudiotagError(f"even the single member {members[kept[0]]} needs {minutes(kept):.1f} minutes for "
-                            f"{KAGGLE_TEST_CLIPS} clips, over the budget of {budget_minutes:g}",
-                            hint="lower predict.tta_views or train fewer folds, or raise budget_minutes")
-    return [members[j] for j in kept], cuts
-
-
-def _single(run_dir: Path, folder: Path) -> dict:
+def _single(member: Member, folder: Path) -> dict:
     """An ensemble stage left with one member: its predictions, passed through."""
-    run = Run.open(run_dir)
-    scores = run.scores or {}
-    for name in ("oof_predictions.csv",):
-        fsutil.write_bytes(folder / name, (run_dir / name).read_bytes())
-    fsutil.write_bytes(folder / "submission.csv", (run_dir / "test_predictions.csv").read_bytes())
-    row = {"blend": "single", "nested_oof_lwlrap": scores.get("oof_lwlrap"), "test_lwlrap": scores.get("test_lwlrap")}
-    return {"members": [str(run_dir)], "kept": [run_dir.name], "blends": [row], "chosen": "single",
+    write_predictions(folder / "oof_predictions.csv", member.oof_fnames, tuple(member.vocabulary), member.oof,
+                      extra={"fold": [member.folds[f] for f in member.oof_fnames]})
+    write_predictions(folder / "submission.csv", member.test_fnames, tuple(member.vocabulary), member.test)
+    y, y_test = _truth(member, member.oof_fnames, member.test_fnames)
+    row = {"blend": "single", "nested_oof_lwlrap": lwlrap(y, member.oof),
+           "test_lwlrap": None if y_test is None else lwlrap(y_test, member.test)}
+    return {"members": [str(member.run.dir)], "kept": [member.name], "blends": [row], "chosen": "single",
             "submission": str(folder / "submission.csv")}
 
 
@@ -327,7 +312,7 @@ def _markdown(results: dict[str, dict], final: str) -> str:
         def f(v, fmt):
             return format(v, fmt) if v is not None else "-"
         ms = r.get("inference_ms_per_clip")
-        estimate = f"{ms * KAGGLE_TEST_CLIPS / 60000:.1f} min" if ms is not None else "-"
+        estimate = f"{kaggle_minutes(ms):.1f} min" if ms is not None else "-"
         kind = r["kind"] + (f" ({r['blend']}: {', '.join(r['members'])})" if r["kind"] == "ensemble" else "")
         lines.append(f"| {name}{' (final)' if name == final else ''} | {kind} | {f(r['oof_lwlrap'], '.4f')} | "
                      f"{f(r.get('test_lwlrap'), '.4f')} | {r['minutes']:.1f} | {f(ms, '.1f')} | {estimate} |")
@@ -335,7 +320,7 @@ def _markdown(results: dict[str, dict], final: str) -> str:
               "estimate scales it to FAT2019's 3,361 private test clips (its kernels had one GPU hour).", ""]
     for name, r in results.items():
         for cut in r.get("budget_cuts", []):
-            lines.append(f"- {name}: inference budget dropped **{cut['dropped']}**: {cut['minutes_before']:.1f} → "
+            lines.append(f"- {name}: inference budget cut **{cut['dropped']}**: {cut['minutes_before']:.1f} → "
                          f"{cut['minutes_after']:.1f} min, mean-blend OOF lwlrap {cut['oof_before']:.4f} → "
                          f"{cut['oof_after']:.4f} ({cut['oof_after'] - cut['oof_before']:+.4f})")
     lines.append("")

@@ -30,6 +30,7 @@ from ..audio.io import load_audio  # noqa: E402
 from ..errors import AudiotagError  # noqa: E402
 from ..features.frontend import FrontEnd  # noqa: E402
 from ..metrics import lwlrap, per_class_lwlrap  # noqa: E402
+from ..pipeline.budget import kaggle_minutes  # noqa: E402
 from ..pipeline.runs import Run, read_oof_predictions, read_predictions  # noqa: E402
 
 CSS = """
@@ -184,11 +185,19 @@ def build_report(target: str | Path, out: str | Path, *, ablations: list[str | P
         ms = r.get("inference_ms_per_clip")
         rows.append([name + (" (final)" if name == final else ""), r["kind"], r.get("oof_lwlrap"), r.get("test_lwlrap"),
                      f"{r.get('minutes', 0):.1f}", None if ms is None else f"{ms:.1f}",
-                     None if ms is None else f"{ms * 3361 / 60000:.1f}"])
+                     None if ms is None else f"{kaggle_minutes(ms):.1f}"])
     parts.append(_table(["stage", "kind", "OOF lwlrap", "test lwlrap", "minutes", "inference ms/clip",
                          "minutes for 3,361 clips"], rows))
     parts.append("<p class='note'>Inference time: all folds and TTA views of each model on this machine; an "
                  "ensemble's is the sum of its members'. FAT2019 allowed one GPU hour for 3,361 test clips.</p>")
+    cuts = [(name, cut) for name, r in stages.items() for cut in r.get("budget_cuts", [])]
+    if cuts:
+        parts.append("<h3>Inference budget cuts</h3>")
+        parts.append(_table(["stage", "cut", "minutes before", "minutes after", "OOF lwlrap before", "OOF lwlrap after",
+                             "change"],
+                            [[name, cut["dropped"], f"{cut['minutes_before']:.1f}", f"{cut['minutes_after']:.1f}",
+                              cut["oof_before"], cut["oof_after"], f"{cut['oof_after'] - cut['oof_before']:+.4f}"]
+                             for name, cut in cuts]))
 
     for path in [Path(a) / "ablation.csv" if Path(a).is_dir() else Path(a) for a in ablations]:
         parts += [f"<h2>Ablation: {html.escape(path.parent.name)}</h2>", _csv_table(path)]
