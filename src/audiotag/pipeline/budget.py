@@ -178,7 +178,7 @@ def _cuts(full: dict[str, int], final: dict[str, int], minutes, score) -> list[d
     rows, state = [], dict(full)
     for kind, name, views in steps:
         after = {**state, name: views} if kind == "tta_view" else {m: v for m, v in state.items() if m != name}
-        what = f"{name}: TTA views {full[name]} -> {views}" if kind == "tta_view" else name
+        what = f"{name}: TTA views {full[name]} -> {views}" if kind == "tta_view" else f"{name} (left out)"
         rows.append({"kind": kind, "member": name, "dropped": what, "views_after": views,
                      "minutes_before": minutes(state), "minutes_after": minutes(after),
                      "oof_before": score(state), "oof_after": score(after)})
