@@ -36,9 +36,9 @@ from pathlib import Path
 from .. import fsutil
 from ..config import Config, _merge, config_from_dict, parse_override
 from ..errors import AudiotagError, ConfigError
-from .ablation import VARIANTS
 from ..metrics import lwlrap
-from .budget import KAGGLE_TEST_CLIPS, BudgetMember, fit_budget, kaggle_minutes, predict_by_view
+from .ablation import VARIANTS
+from .budget import BudgetMember, fit_budget, kaggle_minutes, predict_by_view
 from .ensemble import Member, _truth
 from .runs import DataSpec, Run, result_settings, write_predictions
 
@@ -54,7 +54,7 @@ class Stage:
     ensemble: list[str] | None = None
     blends: list[str] | None = None
     prune: float = 0.97
-    # Ensemble stages: the most minutes inference may take on KAGGLE_TEST_CLIPS clips (as measured
+    # Ensemble stages: the most minutes inference may take on FAT2019's 3,361 test clips (as measured
     # on this machine); TTA views and members are cut (budget.py) until the blend fits.
     budget_minutes: float | None = None
 
