@@ -325,8 +325,10 @@ def audio_files_under(folder: Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in AUDIO_LIKE:
-                out.append(Path(dirpath) / name)
-    return sorted(out)
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in AUDIO_LIKE:
+                out.append(os.path.join(dirpath, name))
+    # Sorted as Paths (part by part), not as strings; comparing tuples is ~10x cheaper than Paths.
+    out.sort(key=lambda p: Path(p).parts)
+    return [Path(p) for p in out]
 
 

@@ -103,7 +103,10 @@ class FeatureStore:
             db = sqlite3.connect(path, timeout=120, isolation_level=None)
             db.execute("PRAGMA busy_timeout = 120000")
             try:
-                db.execute("PRAGMA journal_mode = WAL")
+                if db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() == "wal":
+                    # No fsync per commit (~2 ms each, a tenth of a clip's work): WAL keeps the index
+                    # consistent through a crash, and entries a power cut rolls back are just rebuilt.
+                    db.execute("PRAGMA synchronous = NORMAL")
             except sqlite3.OperationalError:
                 pass  # some network filesystems refuse WAL; the default journal still works
             db.execute("CREATE TABLE IF NOT EXISTS entries (digest TEXT PRIMARY KEY, pack TEXT, offset INTEGER, "
