@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiotag.data.layouts import load_dataset, safe_audio_path
+from audiotag.data.layouts import audio_files_under, load_dataset, safe_audio_path
 from audiotag.demo import CLASSES
 from audiotag.errors import DataError
 
@@ -128,3 +128,14 @@ def test_file_names_cannot_escape_their_folder(tmp_path, name, safe):
     assert (path is not None) == safe
     if safe:
         assert tmp_path in path.parents
+
+
+def test_audio_files_under_lists_audio_in_path_order_and_skips_hidden(tmp_path):
+    names = ["b.wav", "a-b.WAV", "a/z.flac", "a/b/c.ogg", "a.b/x.wav", ".hidden.wav", ".git/x.wav", "notes.txt"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = audio_files_under(tmp_path)
+    expected = sorted(tmp_path / n for n in names if not n.startswith(".") and not n.endswith(".txt"))
+    assert found == expected  # Path order ("a/b/c.ogg" before "a-b.WAV"), not string order
+    assert [p.relative_to(tmp_path).as_posix() for p in found][:2] == ["a/b/c.ogg", "a/z.flac"]
