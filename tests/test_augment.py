@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from audiotag.augment import Gain, Mixup, SpecAugment, TimeShift, build_transforms
-from audiotag.augment.spec import FreqShift, RandomEQ
+from audiotag.augment.spec import FreqShift, RandomEQ, TimeStretch
 from audiotag.config import AugmentConfig
 
 
@@ -22,6 +22,7 @@ TRANSFORMS = {
     "mixup": lambda s: Mixup(alpha=0.4, prob=1.0, targets="weighted", seed=s),
     "eq": lambda s: RandomEQ(max_db=6.0, seed=s),
     "freq_shift": lambda s: FreqShift(max_bins=3, seed=s),
+    "stretch": lambda s: TimeStretch(max_change=0.25, seed=s),
 }
 
 
@@ -86,6 +87,22 @@ def test_freq_shift_moves_bands_and_repeats_the_edge():
     assert set(t.sample(torch.zeros(500, 1, 8, 2))["shift"].tolist()) == set(range(-3, 4))
 
 
+def test_time_stretch_reads_frames_at_its_rate_with_interpolation_and_wraps():
+    t = torch.arange(40, dtype=torch.float32)
+    x = torch.stack([torch.sin(t / 3), t, t, torch.cos(t / 5)])[:, None, None, :].expand(4, 1, 3, 40)
+    y = torch.zeros(4, 2)
+    out, _ = TimeStretch(max_change=0.5, seed=0).apply(x, y, {"rate": torch.tensor([1.0, 0.5, 1.5, 1.25])})
+    torch.testing.assert_close(out[0], x[0])  # rate 1: unchanged
+    torch.testing.assert_close(out[1, 0, 0], t / 2)  # half speed: every frame twice, halfway values between
+    torch.testing.assert_close(out[2, 0, 0, :26], t[:26] * 1.5)  # 1.5x: frames 0, 1.5, 3, ... up to 37.5
+    assert out[2, 0, 0, 27] == 0.5  # frame 40.5 wraps to 0.5
+    torch.testing.assert_close(out[3, 0, 0], torch.cos((t * 1.25 % 40).floor() / 5) * (1 - (t * 1.25) % 1)
+                               + torch.cos(((t * 1.25).floor() + 1) % 40 / 5) * ((t * 1.25) % 1))
+    rates = TimeStretch(max_change=0.25, seed=0).sample(torch.zeros(2000, 1, 2, 2))["rate"]
+    assert 1 / 1.25 - 1e-6 <= rates.min() < 0.82 and 1.23 < rates.max() <= 1.25 + 1e-6
+    assert abs(torch.log(rates).mean()) < 0.02  # log-uniform: as much faster as slower
+
+
 def test_masks_cover_spans_with_the_clip_mean():
     x, y = batch()
     t = SpecAugment(time_masks=1, time_mask_frames=10, freq_masks=0, freq_mask_bins=0, seed=0)
@@ -134,8 +151,9 @@ def test_mixup_probability_zero_is_identity_and_config_switches_parts_off():
     assert torch.equal(mx, x) and torch.equal(my, y)
     off = AugmentConfig(mixup_alpha=0, time_masks=0, freq_masks=0, gain_db=0, time_shift=False)
     assert build_transforms(off, seed=0) == []
-    names = [type(t).__name__ for t in build_transforms(AugmentConfig(eq_db=3, freq_shift_bins=2), seed=0)]
-    assert names == ["TimeShift", "Gain", "RandomEQ", "FreqShift", "SpecAugment"]
+    names = [type(t).__name__ for t in build_transforms(AugmentConfig(eq_db=3, freq_shift_bins=2, time_stretch=0.2),
+                                                       seed=0)]
+    assert names == ["TimeShift", "Gain", "RandomEQ", "FreqShift", "TimeStretch", "SpecAugment"]
     names = [type(t).__name__ for t in build_transforms(AugmentConfig(mixup_alpha=0.4), seed=0)]
     assert names == ["TimeShift", "Gain", "SpecAugment", "Mixup"]
 
@@ -153,8 +171,8 @@ def test_gain_and_eq_move_only_the_db_channels_and_a_waveform_is_scaled():
     params = gain.sample(wave)
     out, _ = gain.apply(wave, torch.zeros(4, 2), params)
     torch.testing.assert_close(out, wave * 10 ** (params["db"][:, None, None, None] / 20))
-    names = [type(t).__name__ for t in build_transforms(AugmentConfig(eq_db=3.0, freq_shift_bins=2), seed=0,
-                                                       channels=["waveform"])]
-    assert "RandomEQ" not in names and "FreqShift" not in names
+    names = [type(t).__name__ for t in build_transforms(AugmentConfig(eq_db=3.0, freq_shift_bins=2, time_stretch=0.2),
+                                                       seed=0, channels=["waveform"])]
+    assert "RandomEQ" not in names and "FreqShift" not in names and "TimeStretch" not in names
     masks = [t for t in build_transforms(AugmentConfig(), seed=0, channels=["waveform"]) if isinstance(t, SpecAugment)]
     assert masks and masks[0].freq_masks == 0  # bands of a framed waveform are samples, not frequencies

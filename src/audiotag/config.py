@@ -145,6 +145,7 @@ class AugmentConfig:
     gain_db: float = field(default=6.0, metadata=_range(0.0, 60.0))  # random gain in +-dB
     eq_db: float = field(default=0.0, metadata=_range(0.0, 60.0))  # random smooth EQ curve, about +-dB
     freq_shift_bins: int = field(default=0, metadata=_range(0, 64))  # random shift along the bands
+    time_stretch: float = field(default=0.0, metadata=_range(0.0, 1.0))  # tempo change up to x(1 +- this)
     time_shift: bool = True  # circular shift of each crop
 
 

@@ -137,6 +137,30 @@ class FreqShift(_Transform):
         return x.gather(2, idx[:, None, :, None].expand_as(x)), y
 
 
+class TimeStretch(_Transform):
+    """Plays each crop faster or slower by a random factor between ``1 / (1 + max_change)`` and
+    ``1 + max_change`` (log-uniform): frames are read at that rate with linear interpolation, the
+    crop wrapping around as in :class:`TimeShift`. A new tempo for the same recording."""
+
+    def __init__(self, *, max_change: float, seed: int):
+        super().__init__(seed=seed)
+        self.max_change = max_change
+
+    def sample(self, x):
+        span = torch.log1p(torch.tensor(self.max_change))
+        return {"rate": torch.exp((self._uniform(x.shape[0]) * 2 - 1) * span)}
+
+    def apply(self, x, y, params):
+        t = x.shape[-1]
+        pos = torch.arange(t, device=x.device, dtype=torch.float32)[None, :] * params["rate"][:, None]  # (B, T)
+        lo = pos.floor()
+        frac = (pos - lo).to(x.dtype)[:, None, None, :]
+        lo = lo.long() % t
+        index = lo[:, None, None, :].expand_as(x)
+        after = ((lo + 1) % t)[:, None, None, :].expand_as(x)
+        return torch.lerp(x.gather(-1, index), x.gather(-1, after), frac), y
+
+
 class Mixup(_Transform):
     """With probability ``prob``, mixes the batch with a shuffled copy of itself:
     ``x = lam * x + (1 - lam) * x[perm]``, ``lam ~ Beta(alpha, alpha)`` per clip. Targets are mixed
@@ -175,7 +199,7 @@ class Mixup(_Transform):
 
 
 def build_transforms(cfg: AugmentConfig, *, seed: int, channels: list[str] | None = None) -> list[_Transform]:
-    """The enabled transforms in application order: shift, gain, EQ, band shift, masks, mixup.
+    """The enabled transforms in application order: shift, gain, EQ, band shift, stretch, masks, mixup.
 
     ``channels`` names the input channels (``features.frontend.channel_names``): gain and EQ move
     only the dB ones, and a raw waveform gets a linear gain and no band-wise transforms."""
@@ -192,6 +216,8 @@ def build_transforms(cfg: AugmentConfig, *, seed: int, channels: list[str] | Non
         out.append(RandomEQ(max_db=cfg.eq_db, seed=seed * 10 + 5, db_channels=db_channels))
     if cfg.freq_shift_bins > 0 and not waveform:
         out.append(FreqShift(max_bins=cfg.freq_shift_bins, seed=seed * 10 + 6))
+    if cfg.time_stretch > 0 and not waveform:
+        out.append(TimeStretch(max_change=cfg.time_stretch, seed=seed * 10 + 7))
     freq_masks = 0 if waveform else cfg.freq_masks
     if (cfg.time_masks and cfg.time_mask_frames) or (freq_masks and cfg.freq_mask_bins):
         out.append(SpecAugment(time_masks=cfg.time_masks, time_mask_frames=cfg.time_mask_frames,
