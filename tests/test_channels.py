@@ -119,6 +119,63 @@ def test_frequency_position_is_a_ramp():
     assert (x[1] == x[1][:, :1]).all()
 
 
+def test_pcen_equals_librosa_started_at_the_first_frame():
+    import scipy.signal
+
+    y, _ = load_audio(esc50_clips(2)[1], sample_rate=SR)
+    x, frontend = features(y, channels=["logmel", "pcen"])
+    power = 10.0 ** (x[0].astype(np.float64) / 10.0)
+    b = frontend.extra["pcen"].within_t[0, 0].item()  # the smoothing coefficient sits on the diagonal
+    t_frames = 0.4 * SR / 320
+    assert b == pytest.approx((np.sqrt(1 + 4 * t_frames**2) - 1) / (2 * t_frames**2))
+    zi = scipy.signal.lfilter_zi([b], [1, b - 1])[None, :] * power[:, :1]
+    expected = librosa.pcen(power, sr=SR, hop_length=320, zi=zi)
+    assert x.shape[2] > 3 * 32  # several blocks of the blocked recursion
+    np.testing.assert_allclose(x[1], expected, atol=1e-5)
+
+
+def test_pcen_reads_a_steady_tone_as_steady_and_an_onset_as_a_peak():
+    y = np.concatenate([tone(1000.0, 2.0, 0.01), tone(1000.0, 2.0, 0.5)])
+    x, _ = features(y, channels=["pcen"])
+    band = x[0].mean(axis=1).argmax()
+    row = x[0][band]
+    onset = 2 * SR // 320
+    assert row[onset: onset + 5].max() > 3 * row[onset - 20: onset].mean()  # the jump stands out ...
+    assert abs(row[-5:].mean() - row[onset - 5: onset].mean()) < 0.1 * row[onset: onset + 5].max()  # ... then adapts
+
+
+def test_denoised_channel_removes_each_bands_floor_but_keeps_events():
+    rng = np.random.default_rng(3)
+    hum = tone(300.0, 3.0, 0.05) + rng.normal(0, 0.003, 3 * SR).astype(np.float32)
+    burst = hum.copy()
+    burst[SR: SR + SR // 4] += tone(3000.0, 0.25, 0.3)
+    x, _ = features(burst, channels=["logmel", "denoised"])
+    log_mel, denoised = x
+    np.testing.assert_allclose(denoised, log_mel - np.quantile(log_mel, 0.2, axis=1, method="nearest", keepdims=True),
+                               atol=1e-5)
+    hum_band = features(hum)[0][0].mean(axis=1).argmax()
+    assert np.median(np.abs(denoised[hum_band])) < 1.0  # the steady hum reads ~0 dB above its floor
+    burst_band = log_mel[:, SR // 320 + 5].argmax()
+    assert denoised[burst_band, SR // 320 + 5] > 30  # the event stands far above its band's floor
+    louder, _ = features(4 * burst, channels=["denoised"])
+    np.testing.assert_allclose(louder[0], denoised, atol=0.05)  # a gain changes nothing
+
+
+def test_denoised_channel_of_a_padded_batch_equals_each_clip_alone():
+    rng = np.random.default_rng(4)
+    clips = [rng.normal(0, 0.1, n).astype(np.float32) * np.linspace(0, 1, n, dtype=np.float32) for n in (16000, 7000)]
+    frontend = FrontEnd(AudioConfig(sample_rate=SR), FeatureConfig(channels=["logmel", "denoised"])).eval()
+    batch = torch.zeros(2, 16000)
+    batch[1, :7000] = torch.from_numpy(clips[1])
+    batch[0] = torch.from_numpy(clips[0])
+    with torch.no_grad():
+        together = frontend(batch, torch.tensor([16000, 7000]))
+        alone = frontend(torch.from_numpy(clips[1])[None])
+    frames = 1 + 7000 // 320
+    np.testing.assert_allclose(together[1, :, :, :frames], alone[0], atol=1e-4)
+    assert not together[1, 1, :, frames:].any()
+
+
 def test_waveform_frames_hold_the_samples_on_the_log_mel_grid():
     y = np.random.default_rng(1).normal(0, 0.1, 1000).astype(np.float32)
     x, _ = features(y, kind="waveform")
@@ -145,7 +202,7 @@ def test_channel_settings_that_cannot_work_are_refused(overrides, message):
 
 
 @pytest.mark.parametrize("extra", [
-    ["features.channels=[logmel,mfcc,chroma,cqt,phase,freqpos]", "features.deltas=true", "model.name=crnn",
+    ["features.channels=[logmel,mfcc,chroma,cqt,phase,freqpos,denoised,pcen]", "features.deltas=true", "model.name=crnn",
      "model.rnn_hidden=8", "model.rnn_layers=1", "model.pooling=attention"],
     ["features.kind=waveform", "model.name=wavecnn"],
 ])

@@ -180,7 +180,8 @@ def bench_channels(data: str | Path, *, config: Config | None = None, limit: int
     except ImportError:
         raise AudiotagError("the channel benchmark needs librosa as its reference",
                             hint="install the dev extras: pip install -e '.[dev]' (make bench does this)") from None
-    from .features.channels import (MFCC, Chroma, ConstantQ, FrequencyPosition, InstantaneousFrequency)
+    from .features.channels import (PCEN, MFCC, Chroma, ConstantQ, FloorSubtracted, FrequencyPosition,
+                                    InstantaneousFrequency)
     from .features.frontend import Deltas, mel_band_edges
 
     config = config or Config()
@@ -207,6 +208,8 @@ def bench_channels(data: str | Path, *, config: Config | None = None, limit: int
                                         band_edges_hz=mel_band_edges(sample_rate=a.sample_rate, n_mels=f.n_mels,
                                                                      fmin=f.fmin, fmax=f.fmax, htk=f.mel_scale == "htk")),
         "freqpos": FrequencyPosition(f.n_mels),
+        "denoised": FloorSubtracted(),
+        "pcen": PCEN(sample_rate=a.sample_rate, hop_length=f.hop_length),
         "deltas": Deltas(width=f.delta_width),
     }
     stft = dict(n_fft=f.n_fft, hop_length=f.hop_length, center=True, pad_mode="constant")
@@ -227,6 +230,9 @@ def bench_channels(data: str | Path, *, config: Config | None = None, limit: int
         "phase": ("`reassigned_spectrogram` (frequencies)", lambda y, lm: librosa.reassigned_spectrogram(
             y, sr=a.sample_rate, reassign_times=False, **stft)[0]),
         "freqpos": ("none", None),
+        "denoised": ("none", None),
+        "pcen": ("`pcen(S=mel power)`", lambda y, lm: librosa.pcen(10.0 ** (lm / 10.0), sr=a.sample_rate,
+                                                                   hop_length=f.hop_length)),
         "deltas": ("`feature.delta` order 1 and 2", lambda y, lm: (librosa.feature.delta(lm, width=f.delta_width),
                                                                    librosa.feature.delta(lm, width=f.delta_width, order=2))),
     }
@@ -247,7 +253,7 @@ def bench_channels(data: str | Path, *, config: Config | None = None, limit: int
                                           unit="file"):
                     fn(y, lm)
                 lib_s = time.perf_counter() - t
-        on_logmel = name in ("mfcc", "freqpos", "deltas")
+        on_logmel = name in ("mfcc", "freqpos", "deltas", "denoised", "pcen")
         with torch.inference_mode():
             t = time.perf_counter()
             for y, x in progress_bar(list(zip(waves, inputs)), desc=f"audiotag {name}", enabled=progress, unit="file"):

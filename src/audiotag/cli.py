@@ -542,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
              "OOF predictions with the baseline's, minutes per run. Noisy-set strategies: curated, joint, joint_smooth, "
              "joint_bootstrap, joint_lq, joint_drop, pretrain, pseudo_agree, pseudo_relabel, pseudo_soft, mixmatch. "
              "Inputs and models: logmel, logmel_deltas, mfcc, cqt, logmel_phase, logmel_chroma, logmel_freqpos, "
-             "wavecnn, crnn, rnn, attention, resnet. Re-running continues where it stopped.",
+             "logmel_denoised, pcen, wavecnn, crnn, rnn, attention, resnet. Re-running continues where it stopped.",
              "audiotag ablate --data .bench/small --out runs/ablation --seeds 0,1 --set train.epochs=40\n"
              "audiotag ablate --data .bench/small --out runs/inputs --variants representations --seeds 0\n"
              "audiotag ablate --data data/fat2019 --out runs/abl --strategies curated,pretrain,pseudo_agree")

@@ -62,8 +62,9 @@ class FeatureConfig:
     deltas: bool = False
     delta_width: int = field(default=9, metadata=_range(3, 99))
     # The input channels, stacked in this order, each n_mels high: logmel, mfcc, chroma, cqt
-    # (constant-Q dB), phase (instantaneous frequency within each mel band), freqpos (band position).
-    channels: list[Literal["logmel", "mfcc", "chroma", "cqt", "phase", "freqpos"]] = field(
+    # (constant-Q dB), phase (instantaneous frequency within each mel band), freqpos (band position),
+    # denoised (log-mel minus each band's noise floor), pcen (per-channel energy normalisation).
+    channels: list[Literal["logmel", "mfcc", "chroma", "cqt", "phase", "freqpos", "denoised", "pcen"]] = field(
         default_factory=lambda: ["logmel"])
     cqt_fmin: float = field(default=30.0, metadata=_range(1.0))  # Hz of the lowest CQT bin (n_mels bins)
     cqt_bins_per_octave: int = field(default=8, metadata=_range(1, 96))

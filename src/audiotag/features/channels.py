@@ -14,7 +14,12 @@ CNNs, crops and augmentations handle unchanged:
 - ``phase``: phase-derived instantaneous frequency (frequency reassignment), as each mel band's
   power-weighted frequency relative to its centre: tones read steady values, noise reads noise;
 - ``freqpos``: the band's position, -1 (lowest) to 1 (highest): lets a convolution know where in
-  frequency it is (3rd place of FAT2019's CoordConv-style channel).
+  frequency it is (3rd place of FAT2019's CoordConv-style channel);
+- ``denoised``: the log-mel minus each band's noise floor (its ``floor_quantile`` over the clip's
+  frames): a steady background or a microphone's colouring subtracts out, events stand out;
+- ``pcen``: per-channel energy normalisation of the mel power (``librosa.pcen``'s definition):
+  each band divided by its own smoothed recent past, an automatic gain control per band that
+  favours onsets over steady noise.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-EXTRA_CHANNELS = ("mfcc", "chroma", "cqt", "phase", "freqpos")
+EXTRA_CHANNELS = ("mfcc", "chroma", "cqt", "phase", "freqpos", "denoised", "pcen")
 
 
 def _centred_frames(waveform: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
@@ -265,3 +270,65 @@ class FrequencyPosition(nn.Module):
     def forward(self, like: torch.Tensor) -> torch.Tensor:
         b, _, _, t = like.shape
         return self.ramp[None, None, :, None].expand(b, 1, -1, t).to(like.dtype)
+
+
+class FloorSubtracted(nn.Module):
+    """``(B, 1, M, T)`` log-mel dB -> the same minus each band's ``quantile`` over its valid frames
+    (``frames`` per row; the rest read 0). The quantile is the nearest order statistic, frame
+    ``round(quantile * (T - 1))`` in sorted order (``torch.quantile(..., interpolation='nearest')``)."""
+
+    def __init__(self, quantile: float = 0.2):
+        super().__init__()
+        self.quantile = quantile
+
+    def forward(self, log_mel: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        if frames is None:
+            k = round(self.quantile * (log_mel.shape[3] - 1)) + 1  # kthvalue counts from 1; it skips a full sort
+            return log_mel - log_mel.kthvalue(k, dim=3, keepdim=True).values
+        valid = torch.arange(log_mel.shape[3], device=log_mel.device)[None, :] < frames[:, None]  # (B, T)
+        valid = valid[:, None, None, :]
+        floor = torch.nanquantile(log_mel.masked_fill(~valid, float("nan")), self.quantile, dim=3, keepdim=True,
+                                      interpolation="nearest")
+        return (log_mel - floor).masked_fill(~valid, 0.0)
+
+
+class PCEN(nn.Module):
+    """``(B, 1, M, T)`` log-mel dB -> per-channel energy normalisation of its power, as
+    ``librosa.pcen(S, sr, hop_length, gain, bias, power, time_constant, eps)`` on ``S = 10**(dB/10)``:
+    ``(S / (eps + M)**gain + bias)**power - bias**power`` with ``M`` the first-order IIR smoothing of
+    ``S`` over time, started at the first frame's steady state (librosa starts at 1 unless given
+    ``zi``). The recursion runs in blocks of ``BLOCK`` frames: a triangular matrix product inside
+    each block, then one carried value per block."""
+
+    BLOCK = 32
+
+    def __init__(self, *, sample_rate: int, hop_length: int, gain: float = 0.98, bias: float = 2.0,
+                 power: float = 0.5, time_constant: float = 0.4, eps: float = 1e-6):
+        super().__init__()
+        self.gain, self.bias, self.power, self.eps = gain, bias, power, eps
+        t_frames = time_constant * sample_rate / hop_length
+        b = (math.sqrt(1 + 4 * t_frames**2) - 1) / (2 * t_frames**2)  # librosa's smoothing coefficient
+        lag = np.arange(self.BLOCK)[:, None] - np.arange(self.BLOCK)[None, :]
+        within = np.where(lag >= 0, b * (1 - b) ** np.maximum(lag, 0), 0.0)  # (out, in) frames of a block
+        self.register_buffer("within_t", torch.tensor(within.T.copy()), persistent=False)
+        self.register_buffer("decay", torch.tensor((1 - b) ** np.arange(1, self.BLOCK + 1)), persistent=False)
+
+    def smooth(self, power: torch.Tensor) -> torch.Tensor:
+        """``(R, T)`` float64 -> its IIR smoothing ``M``."""
+        r, t = power.shape
+        n_blocks = -(-t // self.BLOCK)
+        blocks = nn.functional.pad(power, (0, n_blocks * self.BLOCK - t)).reshape(r, n_blocks, self.BLOCK)
+        inner = blocks @ self.within_t  # each block's response to its own frames
+        out = torch.empty_like(inner)
+        carry = power[:, 0]  # the steady state of the first frame
+        for k in range(n_blocks):
+            out[:, k] = inner[:, k] + self.decay * carry[:, None]
+            carry = out[:, k, -1]
+        return out.reshape(r, -1)[:, :t]
+
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        b, c, m, t = log_mel.shape
+        power = torch.pow(10.0, log_mel.double() / 10.0).reshape(b * c * m, t)
+        smooth = self.smooth(power)
+        out = (power / (self.eps + smooth) ** self.gain + self.bias) ** self.power - self.bias**self.power
+        return out.reshape(b, c, m, t).to(log_mel.dtype)

@@ -255,7 +255,7 @@ class FrontEnd(nn.Module):
 
     def __init__(self, audio: AudioConfig, features: FeatureConfig):
         super().__init__()
-        from .channels import MFCC, Chroma, ConstantQ, FrequencyPosition, InstantaneousFrequency
+        from .channels import PCEN, MFCC, Chroma, ConstantQ, FloorSubtracted, FrequencyPosition, InstantaneousFrequency
 
         f = features
         self.names = channel_names(f)
@@ -289,6 +289,10 @@ class FrontEnd(nn.Module):
                                                  fmax=f.fmax, htk=f.mel_scale == "htk"))
             elif name == "freqpos":
                 extra[name] = FrequencyPosition(f.n_mels)
+            elif name == "denoised":
+                extra[name] = FloorSubtracted()
+            elif name == "pcen":
+                extra[name] = PCEN(sample_rate=audio.sample_rate, hop_length=f.hop_length)
         self.extra = nn.ModuleDict(extra)
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -299,8 +303,10 @@ class FrontEnd(nn.Module):
         for name in self.channel_order:
             if name == "logmel":
                 parts.append(self.deltas(log_mel) if self.deltas is not None else log_mel)
-            elif name in ("mfcc", "freqpos"):  # computed from the log-mel (freqpos: only its shape)
+            elif name in ("mfcc", "freqpos", "pcen"):  # computed from the log-mel (freqpos: only its shape)
                 parts.append(self.extra[name](log_mel))
+            elif name == "denoised":
+                parts.append(self.extra[name](log_mel, None if lengths is None else lengths // self.logmel.hop_length + 1))
             else:
                 parts.append(self.extra[name](waveform))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]

@@ -52,6 +52,8 @@ REPRESENTATIONS: dict[str, dict[str, object]] = {
     "logmel_phase": {"features.channels": ["logmel", "phase"]},
     "logmel_chroma": {"features.channels": ["logmel", "chroma"]},
     "logmel_freqpos": {"features.channels": ["logmel", "freqpos"]},
+    "logmel_denoised": {"features.channels": ["logmel", "denoised"]},
+    "pcen": {"features.channels": ["pcen"]},
     "wavecnn": {"features.kind": "waveform", "model.name": "wavecnn"},
     "crnn": {"model.name": "crnn", "model.rnn_layers": 1},
     "rnn": {"model.name": "rnn"},
