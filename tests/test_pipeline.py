@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -108,6 +109,58 @@ def straight_pipeline(demo_data, tmp_path_factory):
     recipe = write_recipe(tmp / "recipe.yaml")
     assert run_cli(recipe, demo_data, tmp / "out", tmp / "cache") == 0
     return recipe, tmp / "out", tmp / "cache"
+
+
+def test_a_setting_added_since_a_stage_ran_does_not_redo_it_while_at_its_default(straight_pipeline, demo_data,
+                                                                               tmp_path, capsys):
+    """An older audiotag knew no `augment.time_stretch`: its run folders lack the key and its
+    fingerprints were computed without it. Upgrading must reuse that work, not retrain it."""
+    import shutil
+
+    from audiotag.config import config_from_dict
+    from audiotag.pipeline.recipe import _fingerprint, _unchanged_but_for_new_settings
+    from audiotag.pipeline.runs import DataSpec, result_settings
+
+    recipe, straight, cache = straight_pipeline
+    out = tmp_path / "old"
+    shutil.copytree(straight, out)
+    state = json.loads((out / "pipeline.json").read_text())
+    old = {}
+    for name in ("baseline", "freqpos"):
+        saved = yaml.safe_load((out / name / "config.yaml").read_text())
+        del saved["augment"]["time_stretch"]
+        (out / name / "config.yaml").write_text(yaml.safe_dump(saved))
+        settings = result_settings(config_from_dict(saved))
+        del settings["augment"]["time_stretch"]
+        data = DataSpec(**json.loads((out / name / "run.json").read_text())["data"])
+        old[name] = _fingerprint(settings, vars(data), [])
+        assert old[name] != state["stages"][name]["fingerprint"]
+    blend = parse_recipe(RECIPE).stages[2]
+    old["blend"] = _fingerprint(blend.ensemble, blend.blends, blend.prune, blend.budget_minutes,
+                                [old["baseline"], old["freqpos"]])
+    for name, fp in old.items():
+        state["stages"][name]["fingerprint"] = fp
+    (out / "pipeline.json").write_text(json.dumps(state))
+    before = mtimes(out)
+
+    capsys.readouterr()
+    assert run_cli(recipe, demo_data, out, cache) == 0
+    assert capsys.readouterr().out.count("done earlier, reused") == 3
+    assert mtimes(out) == before and not (out / ".replaced").exists()
+    now = json.loads((out / "pipeline.json").read_text())["stages"]
+    assert {n: s["fingerprint"] for n, s in now.items()} == \
+           {n: s["fingerprint"] for n, s in json.loads((straight / "pipeline.json").read_text())["stages"].items()}
+
+    # ... but is redone once the new setting differs from its default, or when an input was redone
+    stages = parse_recipe(RECIPE).stages
+    base = config_from_dict(yaml.safe_load((out / "baseline" / "config.yaml").read_text()))
+    stretched = dataclasses.replace(base, augment=dataclasses.replace(base.augment, time_stretch=0.2))
+    kw = dict(data=data, recorded_fp=old["baseline"], old_fingerprints=old, kept=set())
+    assert _unchanged_but_for_new_settings(stages[0], base, out / "baseline", **kw)
+    assert not _unchanged_but_for_new_settings(stages[0], stretched, out / "baseline", **kw)
+    kw = dict(data=data, recorded_fp=old["blend"], old_fingerprints=old)
+    assert _unchanged_but_for_new_settings(stages[2], None, out / "blend", kept={"baseline", "freqpos"}, **kw)
+    assert not _unchanged_but_for_new_settings(stages[2], None, out / "blend", kept={"baseline"}, **kw)
 
 
 # Files whose appearance marks a moment inside a training stage: a fold's first epoch is written.

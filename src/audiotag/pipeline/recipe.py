@@ -19,7 +19,9 @@ A recipe is YAML data::
 Each stage's fingerprint (its resolved config and its inputs' fingerprints) is recorded in
 ``OUT/pipeline.json``. Re-running skips a finished stage whose fingerprint is unchanged, resumes
 an interrupted one, and redoes (after moving the old folder aside) one whose config or inputs
-changed, so a killed pipeline continues where it stopped without repeating finished work.
+changed, so a killed pipeline continues where it stopped without repeating finished work. A
+setting that a newer audiotag added, still at its default, does not count as a change: the saved
+config of the stage's run shows which settings it knew.
 """
 
 from __future__ import annotations
@@ -167,6 +169,40 @@ def _fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _unchanged_but_for_new_settings(stage: Stage, config: Config | None, folder: Path, data, recorded_fp: str | None,
+                                    old_fingerprints: dict[str, str | None], kept: set[str]) -> bool:
+    """Whether a stage's recorded fingerprint differs only because this version of audiotag has
+    settings the stage's run did not know, each at its built-in default (new settings default to
+    the old behaviour), so that upgrading does not redo hours of finished training. Its inputs
+    must all have been kept too."""
+    if recorded_fp is None or not all(d in kept for d in stage.inputs):
+        return False
+    inputs = [old_fingerprints.get(d) for d in stage.inputs]
+    if config is None:  # an ensemble stage: only its inputs' fingerprints can have moved
+        return _fingerprint(stage.ensemble, stage.blends, stage.prune, stage.budget_minutes, inputs) == recorded_fp
+    from ..config import read_yaml
+    try:
+        saved = read_yaml(folder / "config.yaml")
+    except Exception:  # noqa: BLE001 - no readable saved config: nothing to compare with
+        return False
+    current, defaults = result_settings(config), result_settings(Config())
+    known: dict = {}
+    for section, values in current.items():
+        if not isinstance(values, dict):
+            if section in saved:
+                known[section] = values
+            elif values != defaults.get(section):
+                return False
+            continue
+        known[section] = {}
+        for key, value in values.items():
+            if key in (saved.get(section) or {}):
+                known[section][key] = value
+            elif value != defaults[section][key]:
+                return False
+    return _fingerprint(known, vars(data), inputs) == recorded_fp
+
+
 def stage_config(recipe: Recipe, stage: Stage, *, base: Config, out: Path) -> Config:
     data = _merge(_merge(_merge(base.to_dict(), recipe.changes), stage.changes), recipe.forced)
     if stage.teacher:
@@ -192,6 +228,8 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
     recorded = state.get("stages", {})
     data = data.absolute()
     fingerprints: dict[str, str] = {}
+    old_fingerprints = {name: r.get("fingerprint") for name, r in recorded.items()}
+    kept: set[str] = set()  # stages whose finished or partial work stands
     results: dict[str, dict] = {}
     started = time.perf_counter()
     for i, stage in enumerate(recipe.stages, 1):
@@ -205,7 +243,10 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
                               [fingerprints[d] for d in stage.inputs])
         fingerprints[stage.name] = fp
         previous = recorded.get(stage.name, {})
-        if folder.exists() and previous.get("fingerprint") != fp:
+        if previous.get("fingerprint") == fp or (folder.exists() and _unchanged_but_for_new_settings(
+                stage, config, folder, data, previous.get("fingerprint"), old_fingerprints, kept)):
+            kept.add(stage.name)
+        elif folder.exists():
             aside = out / ".replaced" / f"{stage.name}-{time.strftime('%Y%m%d-%H%M%S')}"
             aside.parent.mkdir(exist_ok=True)
             shutil.move(str(folder), str(aside))
