@@ -183,7 +183,7 @@ def _unchanged_but_for_new_settings(stage: Stage, config: Config | None, folder:
     from ..config import read_yaml
     try:
         saved = read_yaml(folder / "config.yaml")
-    except Exception:  # noqa: BLE001 - no readable saved config: nothing to compare with
+    except ConfigError:  # no readable saved config: nothing to compare with
         return False
     current, defaults = result_settings(config), result_settings(Config())
     known: dict = {}
@@ -194,9 +194,11 @@ def _unchanged_but_for_new_settings(stage: Stage, config: Config | None, folder:
             elif values != defaults.get(section):
                 return False
             continue
-        known[section] = {}
+        old = saved.get(section)
+        if isinstance(old, dict):  # a whole section the run did not know is left out, like its keys
+            known[section] = {}
         for key, value in values.items():
-            if key in (saved.get(section) or {}):
+            if isinstance(old, dict) and key in old:
                 known[section][key] = value
             elif value != defaults[section][key]:
                 return False
