@@ -158,6 +158,16 @@ def test_a_setting_added_since_a_stage_ran_does_not_redo_it_while_at_its_default
     kw = dict(data=data, recorded_fp=old["baseline"], old_fingerprints=old, kept=set())
     assert _unchanged_but_for_new_settings(stages[0], base, out / "baseline", **kw)
     assert not _unchanged_but_for_new_settings(stages[0], stretched, out / "baseline", **kw)
+    # a whole section the older run did not know: left out of its fingerprint like a single key
+    older = tmp_path / "older"
+    older.mkdir()
+    saved = yaml.safe_load((out / "baseline" / "config.yaml").read_text())
+    del saved["noisy"]
+    (older / "config.yaml").write_text(yaml.safe_dump(saved))
+    settings = result_settings(base)
+    del settings["noisy"], settings["augment"]["time_stretch"]
+    assert _unchanged_but_for_new_settings(stages[0], base, older, data=data, old_fingerprints=old, kept=set(),
+                                           recorded_fp=_fingerprint(settings, vars(data), []))
     kw = dict(data=data, recorded_fp=old["blend"], old_fingerprints=old)
     assert _unchanged_but_for_new_settings(stages[2], None, out / "blend", kept={"baseline", "freqpos"}, **kw)
     assert not _unchanged_but_for_new_settings(stages[2], None, out / "blend", kept={"baseline"}, **kw)
