@@ -15,7 +15,7 @@ CNNs, crops and augmentations handle unchanged:
   power-weighted frequency relative to its centre: tones read steady values, noise reads noise;
 - ``freqpos``: the band's position, -1 (lowest) to 1 (highest): lets a convolution know where in
   frequency it is (3rd place of FAT2019's CoordConv-style channel);
-- ``denoised``: the log-mel minus each band's noise floor (its ``floor_quantile`` over the clip's
+- ``denoised``: the log-mel minus each band's noise floor (its 20th percentile over the clip's
   frames): a steady background or a microphone's colouring subtracts out, events stand out;
 - ``pcen``: per-channel energy normalisation of the mel power (``librosa.pcen``'s definition):
   each band divided by its own smoothed recent past, an automatic gain control per band that

@@ -306,7 +306,7 @@ class FrontEnd(nn.Module):
             elif name in ("mfcc", "freqpos", "pcen"):  # computed from the log-mel (freqpos: only its shape)
                 parts.append(self.extra[name](log_mel))
             elif name == "denoised":
-                parts.append(self.extra[name](log_mel, None if lengths is None else lengths // self.logmel.hop_length + 1))
+                parts.append(self.extra[name](log_mel, None if lengths is None else self.logmel.n_frames(lengths)))
             else:
                 parts.append(self.extra[name](waveform))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
