@@ -10,7 +10,7 @@ from audiotag.config import NoisyConfig, load_config
 from audiotag.data.layouts import load_dataset
 from audiotag.errors import AudiotagError, ConfigError
 from audiotag.pipeline.inputs import ClipBank, CropSampler
-from audiotag.pipeline.noisy import select_pseudo
+from audiotag.pipeline.noisy import pseudo_labels_for_test_clips, select_pseudo
 from audiotag.pipeline.runs import DataSpec
 from audiotag.pipeline.train import train
 
@@ -103,6 +103,61 @@ def test_pseudo_labels_from_a_teacher_run(demo_data, tmp_path):
     with pytest.raises(AudiotagError, match="other folds"):
         train_tiny(demo_data, tmp_path / "bad", tmp_path / "cache", "noisy.strategy=pseudo",
                    f"noisy.teacher={other.dir}")
+
+
+class _Clip:
+    def __init__(self, fname):
+        self.fname = fname
+
+
+def test_test_clips_take_the_labels_predicted_at_the_threshold(tmp_path):
+    clips = [_Clip(n) for n in ("a.wav", "b.wav", "c.wav")]
+    path = tmp_path / "pred.csv"
+    # rows in another order than the clips; c has no label >= 0.5 and is left out
+    path.write_text("fname,x,y,z\nc.wav,0.1,0.49,0.2\na.wav,0.9,0.5,0.1\nb.wav,0.2,0.3,0.7\n")
+    kept, targets = pseudo_labels_for_test_clips(path, clips, ("x", "y", "z"), 0.5)
+    assert kept.tolist() == [True, True, False]
+    np.testing.assert_array_equal(targets, [[1, 1, 0], [0, 0, 1]])
+    kept, _ = pseudo_labels_for_test_clips(path, clips, ("x", "y", "z"), 0.95)
+    assert not kept.any()
+
+    def refused(text, match, vocabulary=("x", "y", "z")):
+        path.write_text(text)
+        with pytest.raises(AudiotagError, match=match):
+            pseudo_labels_for_test_clips(path, clips, vocabulary, 0.5)
+
+    good = "a.wav,0.9,0.5,0.1\nb.wav,0.2,0.3,0.7\nc.wav,0.1,0.4,0.2\n"
+    refused("fname,y,x,z\n" + good, "vocabulary order")  # columns in another order
+    refused("fname,x,y,z\n" + good + "d.wav,0.1,0.1,0.1\n", r"line 5: 'd.wav' is not a test clip")
+    refused("fname,x,y,z\n" + good + "a.wav,0.1,0.1,0.1\n", "line 5: 'a.wav' appears twice")
+    refused("fname,x,y,z\na.wav,0.9,0.5,0.1\n", r"no predictions for 2 test clip\(s\) \(e.g. b.wav\)")
+    refused("fname,x,y,z\na.wav,0.9,nan,0.1\nb.wav,1,1,1\nc.wav,1,1,1\n", "line 2: expected 3 finite numbers")
+    refused("fname,x,y,z\na.wav,0.9,high,0.1\nb.wav,1,1,1\nc.wav,1,1,1\n", "line 2: expected 3 finite numbers")
+    with pytest.raises(AudiotagError, match="cannot read"):
+        pseudo_labels_for_test_clips(tmp_path / "absent.csv", clips, ("x", "y", "z"), 0.5)
+
+
+def test_pseudo_labelled_test_clips_join_every_fold(demo_data, tmp_path):
+    teacher = train_tiny(demo_data, tmp_path / "teacher", tmp_path / "cache")
+    predictions = pd.read_csv(teacher.dir / "test_predictions.csv").set_index("fname")
+    threshold = float(np.quantile(predictions.max(axis=1), 0.5))  # about half the test clips keep a label
+    for strategy in ("none", "joint"):
+        student = train_tiny(demo_data, tmp_path / strategy, tmp_path / "cache", f"noisy.strategy={strategy}",
+                             f"noisy.test_predictions={teacher.dir / 'test_predictions.csv'}",
+                             f"noisy.test_threshold={threshold}")
+        chosen = pd.read_csv(student.dir / "test_pseudo_labels.csv", keep_default_na=False).set_index("fname")
+        assert chosen.index.tolist() == predictions.index.tolist()
+        expected = predictions.max(axis=1) >= threshold
+        assert (chosen.kept == expected.astype(int)).all() and 0 < expected.sum() < len(expected)
+        for name, row in chosen[chosen.kept == 1].iterrows():
+            assert set(row.new.split(",")) == set(predictions.columns[predictions.loc[name] >= threshold])
+        folds = pd.read_csv(student.dir / "folds.csv")
+        n_noisy = len(load_dataset(demo_data, audio=False).split("noisy")) if strategy == "joint" else 0
+        for k in (0, 1):
+            done = json.loads((student.dir / f"fold_{k}" / "done.json").read_text())
+            assert done["n_train"] == (folds.fold != k).sum() + n_noisy + expected.sum()
+    with pytest.raises(ConfigError, match="mixmatch"):
+        tiny("noisy.strategy=mixmatch", "noisy.test_predictions=x.csv")
 
 
 def test_noise_estimate_recovers_a_known_wrong_label_rate():

@@ -200,6 +200,12 @@ class NoisyConfig:
     mixmatch_alpha: float = field(default=0.75, metadata=_range(0.0))
     mixmatch_weight: float = field(default=1.0, metadata=_range(0.0, 1000.0))
     mixmatch_ramp_epochs: int = field(default=10, metadata=_range(0, 10000))
+    # Pseudo-labelling the test set: a Kaggle-format CSV of earlier test predictions (a run's
+    # test_predictions.csv, a submission); each test clip's labels at >= test_threshold make it one
+    # more noisy row (noisy loss, weight and batch share), whatever the strategy. The test clips'
+    # recordings and backgrounds then take part in training, which validation clips cannot show.
+    test_predictions: str | None = None
+    test_threshold: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
 
 
 @dataclass
@@ -277,6 +283,10 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError("noisy.strategy = pseudo needs noisy.teacher: a finished curated-only run folder",
                           hint="train one first (audiotag train --data DATA --out runs/teacher), then "
                                "--set noisy.teacher=runs/teacher")
+    if n.test_predictions and n.strategy == "mixmatch":
+        raise ConfigError("noisy.test_predictions (pseudo-labelled test clips) cannot be combined with "
+                          "noisy.strategy = mixmatch, which treats every noisy row as unlabelled",
+                          hint="use noisy.strategy=joint (or none), or leave out noisy.test_predictions")
     t = cfg.train
     if t.only_folds is not None:
         bad = [k for k in t.only_folds if not 0 <= k < t.folds]

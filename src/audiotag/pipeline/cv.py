@@ -264,7 +264,7 @@ def run_cv(*, run: Run, config: Config, ds: Dataset, features: FeatureSet, folds
     wanted = list(config.train.only_folds if config.train.only_folds is not None else range(folds.n_folds))
     todo = wanted if folds_to_train is None else folds_to_train
     plan = pretrained = None
-    if config.noisy.strategy != "none":
+    if config.noisy.strategy != "none" or config.noisy.test_predictions:
         plan = NoisyPlan(run=run, config=config, ds=ds, features=features, folds=folds, device=device)
     if config.noisy.strategy == "pretrain":
         pretrained = pretrain_on_noisy(run=run, config=config, ds=ds, features=features, plan=plan,

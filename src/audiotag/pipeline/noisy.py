@@ -8,6 +8,9 @@
   relabels the noisy clips; what it kept is written to ``RUN/pseudo/``;
 - ``mixmatch``: every fold's batches hold noisy clips as unlabelled data (:mod:`audiotag.engine.mixmatch`).
 
+With ``noisy.test_predictions``, the test clips labelled by earlier predictions join the noisy rows
+of every fold, under any strategy but MixMatch (pseudo-labelling the test set).
+
 Noisy rows always carry a source column (see :mod:`audiotag.engine.losses`).
 """
 
@@ -130,6 +133,51 @@ def _selection_csv(clips: list[Clip], vocabulary, given, kept, targets) -> str:
     return out.getvalue()
 
 
+# ----------------------------------------------------------------------------- test pseudo-labels
+
+
+def pseudo_labels_for_test_clips(path: str | Path, test_clips: list[Clip], vocabulary: tuple[str, ...],
+                       threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept mask over test_clips, hard targets (n_kept, K))`` from a Kaggle-format prediction CSV:
+    a test clip keeps the labels predicted at ``threshold`` or above; clips with none are left out."""
+    path = Path(path)
+    where = f"noisy.test_predictions = {path}"
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if r]
+    except (OSError, UnicodeDecodeError) as e:
+        raise AudiotagError(f"{where}: cannot read it ({e})",
+                            hint="give a run's test_predictions.csv or a submission.csv") from None
+    if not rows or [c.strip() for c in rows[0]] != ["fname", *vocabulary]:
+        found = rows[0][:4] if rows else "an empty file"
+        raise AudiotagError(f"{where}: expected the columns fname + the {len(vocabulary)} labels in vocabulary order "
+                            f"(like sample_submission.csv); found {found}…",
+                            hint="predictions of this dataset's test clips: a run's test_predictions.csv or a submission")
+    wanted = {c.fname: i for i, c in enumerate(test_clips)}
+    probs = np.full((len(test_clips), len(vocabulary)), np.nan, np.float32)
+    for line, row in enumerate(rows[1:], start=2):
+        name = row[0].strip()
+        if name not in wanted:
+            raise AudiotagError(f"{where}, line {line}: {name!r} is not a test clip of this dataset",
+                                hint="the predictions must come from the same dataset's test split")
+        if not np.isnan(probs[wanted[name]]).all():
+            raise AudiotagError(f"{where}, line {line}: {name!r} appears twice")
+        try:
+            values = np.array([float(v) for v in row[1:]], np.float32)
+        except ValueError:
+            values = np.array([])
+        if values.shape != (len(vocabulary),) or not np.isfinite(values).all():
+            raise AudiotagError(f"{where}, line {line}: expected {len(vocabulary)} finite numbers after the fname")
+        probs[wanted[name]] = values
+    missing = [c.fname for c, row in zip(test_clips, probs) if np.isnan(row).all()]
+    if missing:
+        raise AudiotagError(f"{where}: no predictions for {len(missing)} test clip(s) (e.g. {missing[0]})",
+                            hint="predict the whole test split (audiotag predict RUN --data DATA)")
+    labels = probs >= threshold
+    kept = labels.any(axis=1)
+    return kept, labels[kept].astype(np.float32)
+
+
 # ----------------------------------------------------------------------------- per run
 
 
@@ -140,20 +188,39 @@ class NoisyPlan:
                  device: torch.device):
         self.cfg, self.run, self.features, self.folds, self.device = config.noisy, run, features, folds, device
         self.vocabulary = ds.vocabulary
-        self.clips = noisy_clips(ds, config.noisy, seed=config.seed)
+        self.clips = noisy_clips(ds, config.noisy, seed=config.seed) if self.strategy != "none" else []
         self.given = ds.label_matrix(self.clips)
         self._teacher: dict[int, np.ndarray] | None = None
+        self.test_part = self._test_part(ds.split("test")) if self.cfg.test_predictions else None
 
     @property
     def strategy(self) -> str:
         return self.cfg.strategy
 
     def part(self, k: int) -> NoisyPart | None:
+        part = None
         if self.strategy in ("joint", "mixmatch"):  # mixmatch ignores the given labels
-            return NoisyPart(self.clips, self.given)
-        if self.strategy == "pseudo":
-            return self._pseudo_part(k)
-        return None
+            part = NoisyPart(self.clips, self.given)
+        elif self.strategy == "pseudo":
+            part = self._pseudo_part(k)
+        if self.test_part is None:
+            return part
+        if part is None:
+            return self.test_part
+        return NoisyPart(part.clips + self.test_part.clips, np.concatenate([part.targets, self.test_part.targets]))
+
+    def _test_part(self, test_clips: list[Clip]) -> NoisyPart:
+        if not test_clips:
+            raise AudiotagError("noisy.test_predictions is set but the dataset has no test clips",
+                                hint="pseudo-labelling the test set needs its audio (test/ in the Kaggle layout)")
+        kept, targets = pseudo_labels_for_test_clips(self.cfg.test_predictions, test_clips, self.vocabulary,
+                                           self.cfg.test_threshold)
+        clips = [c for c, keep in zip(test_clips, kept) if keep]
+        fsutil.write_text(self.run.dir / "test_pseudo_labels.csv", _selection_csv(
+            test_clips, self.vocabulary, np.zeros((len(test_clips), len(self.vocabulary))), kept, targets))
+        self.run.log(f"pseudo-labelled test clips: {len(clips)} of {len(test_clips)} have a prediction >= "
+                     f"{self.cfg.test_threshold} ({int(targets.sum())} labels); they join every fold as noisy rows")
+        return NoisyPart(clips, targets)
 
     def _pseudo_part(self, k: int) -> NoisyPart:
         folder = self.run.dir / "pseudo"
