@@ -168,9 +168,54 @@ def test_a_setting_added_since_a_stage_ran_does_not_redo_it_while_at_its_default
     del settings["noisy"], settings["augment"]["time_stretch"]
     assert _unchanged_but_for_new_settings(stages[0], base, older, data=data, old_fingerprints=old, kept=set(),
                                            recorded_fp=_fingerprint(settings, vars(data), []))
+    # two versions apart: the run knew neither setting, but its fingerprint was recorded (on reuse)
+    # by a version that knew augment.time_stretch and not yet noisy.test_threshold
+    saved = yaml.safe_load((out / "baseline" / "config.yaml").read_text())
+    del saved["noisy"]["test_threshold"]
+    (older / "config.yaml").write_text(yaml.safe_dump(saved))
+    settings = result_settings(base)
+    del settings["noisy"]["test_threshold"]
+    recorded = _fingerprint(settings, vars(data), [])
+    assert _unchanged_but_for_new_settings(stages[0], base, older, data=data, old_fingerprints=old, kept=set(),
+                                           recorded_fp=recorded)
+    assert not _unchanged_but_for_new_settings(stages[0], stretched, older, data=data, old_fingerprints=old,
+                                               kept=set(), recorded_fp=recorded)
     kw = dict(data=data, recorded_fp=old["blend"], old_fingerprints=old)
     assert _unchanged_but_for_new_settings(stages[2], None, out / "blend", kept={"baseline", "freqpos"}, **kw)
     assert not _unchanged_but_for_new_settings(stages[2], None, out / "blend", kept={"baseline"}, **kw)
+
+
+def test_a_stage_pseudo_labels_the_test_set_with_a_blend_and_joins_the_final_blend(straight_pipeline, demo_data,
+                                                                                  tmp_path, capsys):
+    import shutil
+
+    _, straight, cache = straight_pipeline
+    out = tmp_path / "p"
+    shutil.copytree(straight, out)
+    recipe = json.loads(json.dumps(RECIPE))
+    recipe["stages"] += [{"name": "test_pl", "pseudo_labels": "blend", "set": {"noisy.test_threshold": 0.05}},
+                         {"name": "final", "ensemble": ["baseline", "freqpos", "test_pl"], "blends": ["mean"]}]
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    before = mtimes(out)
+    capsys.readouterr()
+    assert run_cli(path, demo_data, out, cache) == 0
+    assert capsys.readouterr().out.count("done earlier, reused") == 3  # baseline, freqpos, blend
+    assert {k: v for k, v in mtimes(out).items() if k.parts[0] != "test_pl"} == before
+    config = yaml.safe_load((out / "test_pl" / "config.yaml").read_text())
+    assert config["noisy"]["test_predictions"] == str((out / "blend" / "submission.csv").resolve())
+    chosen = __import__("pandas").read_csv(out / "test_pl" / "test_pseudo_labels.csv")
+    assert chosen.kept.sum() > 0
+    assert (out / "submission.csv").read_bytes() == (out / "final" / "submission.csv").read_bytes()
+    trained = mtimes(out)
+    assert run_cli(path, demo_data, out, cache) == 0  # every stage, those after an ensemble too, is reused
+    assert capsys.readouterr().out.count("done earlier, reused") == 5
+    assert mtimes(out) == trained
+
+    with pytest.raises(ConfigError, match="not an earlier stage"):
+        parse_recipe({"stages": [{"name": "a", "pseudo_labels": "b"}, {"name": "b"}]})
+    with pytest.raises(ConfigError, match="two or more earlier stages and nothing else"):
+        parse_recipe({"stages": [{"name": "a"}, {"name": "b"}, {"name": "c", "ensemble": ["a", "b"],
+                                                                "pseudo_labels": "a"}]})
 
 
 # Files whose appearance marks a moment inside a training stage: a fold's first epoch is written.

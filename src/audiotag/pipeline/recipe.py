@@ -15,6 +15,10 @@ A recipe is YAML data::
       - name: blend           # an ensemble stage: blends finished stages, writes the submission
         ensemble: [baseline, pseudo, cqt]
         budget_minutes: 60    # optional: inference budget for 3,361 test clips (see budget.py)
+      - name: test_pl
+        pseudo_labels: blend  # pseudo-labelling the test set with an earlier stage's test predictions
+      - name: final
+        ensemble: [baseline, pseudo, cqt, test_pl]
 
 Each stage's fingerprint (its resolved config and its inputs' fingerprints) is recorded in
 ``OUT/pipeline.json``. Re-running skips a finished stage whose fingerprint is unchanged, resumes
@@ -44,7 +48,7 @@ from .budget import BudgetMember, fit_budget, kaggle_minutes, predict_by_view
 from .ensemble import Member, _truth
 from .runs import DataSpec, Run, result_settings, write_predictions
 
-STAGE_KEYS = {"name", "set", "variant", "teacher", "ensemble", "blends", "prune", "budget_minutes"}
+STAGE_KEYS = {"name", "set", "variant", "teacher", "pseudo_labels", "ensemble", "blends", "prune", "budget_minutes"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -53,6 +57,7 @@ class Stage:
     name: str
     changes: dict = field(default_factory=dict)  # nested config overrides
     teacher: str | None = None
+    pseudo_labels: str | None = None  # a finished stage (training or ensemble) whose test predictions label the test clips
     ensemble: list[str] | None = None
     blends: list[str] | None = None
     prune: float = 0.97
@@ -62,7 +67,8 @@ class Stage:
 
     @property
     def inputs(self) -> list[str]:
-        return list(self.ensemble or []) + ([self.teacher] if self.teacher else [])
+        return (list(self.ensemble or []) + ([self.teacher] if self.teacher else [])
+                + ([self.pseudo_labels] if self.pseudo_labels else []))
 
 
 @dataclass
@@ -117,7 +123,8 @@ def parse_recipe(data: dict, *, source: str = "recipe") -> Recipe:
                                   hint=f"choose from {', '.join(VARIANTS)}")
             changes = _nested(VARIANTS[raw["variant"]], where)
         changes = _merge(changes, _nested(raw.get("set") or {}, where))
-        stage = Stage(name=name, changes=changes, teacher=raw.get("teacher"), ensemble=raw.get("ensemble"),
+        stage = Stage(name=name, changes=changes, teacher=raw.get("teacher"), pseudo_labels=raw.get("pseudo_labels"),
+                      ensemble=raw.get("ensemble"),
                       blends=raw.get("blends"), prune=float(raw.get("prune", 0.97)),
                       budget_minutes=None if raw.get("budget_minutes") is None else float(raw["budget_minutes"]))
         if stage.budget_minutes is not None and (stage.ensemble is None or stage.budget_minutes <= 0):
@@ -125,14 +132,14 @@ def parse_recipe(data: dict, *, source: str = "recipe") -> Recipe:
         for dep in stage.inputs:
             if dep not in seen:
                 raise ConfigError(f"{where} ({name}) uses stage {dep!r}, which is not an earlier stage")
-        if stage.ensemble is not None and (len(stage.ensemble) < 2 or changes or stage.teacher):
+        if stage.ensemble is not None and (len(stage.ensemble) < 2 or changes or stage.teacher or stage.pseudo_labels):
             raise ConfigError(f"{where} ({name}): an ensemble stage lists two or more earlier stages and nothing else")
         if stage.ensemble is None and stage.teacher is None and changes.get("noisy", {}).get("strategy") == "pseudo":
             raise ConfigError(f"{where} ({name}): pseudo-labelling needs `teacher: <an earlier curated-only stage>`")
         stages.append(stage)
         seen.add(name)
     for stage in stages:
-        for dep in stage.inputs:
+        for dep in set(stage.inputs) - {stage.pseudo_labels}:  # any stage's test predictions can pseudo-label
             if next(s for s in stages if s.name == dep).ensemble is not None:
                 raise ConfigError(f"stage {stage.name} uses ensemble stage {dep} as an input; use training stages")
     return Recipe(stages=stages, changes=_nested(data.get("set") or {}, source), source=source)
@@ -174,7 +181,11 @@ def _unchanged_but_for_new_settings(stage: Stage, config: Config | None, folder:
     """Whether a stage's recorded fingerprint differs only because this version of audiotag has
     settings the stage's run did not know, each at its built-in default (new settings default to
     the old behaviour), so that upgrading does not redo hours of finished training. Its inputs
-    must all have been kept too."""
+    must all have been kept too.
+
+    The recorded fingerprint may come from any version since the run: one that knew some of those
+    settings (and recorded them at their defaults, reusing the stage). So every subset of them is
+    tried with the settings the run's saved config holds."""
     if recorded_fp is None or not all(d in kept for d in stage.inputs):
         return False
     inputs = [old_fingerprints.get(d) for d in stage.inputs]
@@ -187,28 +198,49 @@ def _unchanged_but_for_new_settings(stage: Stage, config: Config | None, folder:
         return False
     current, defaults = result_settings(config), result_settings(Config())
     known: dict = {}
+    unknown: list[tuple[str, str | None]] = []  # settings the run did not know, at their defaults
     for section, values in current.items():
         if not isinstance(values, dict):
             if section in saved:
                 known[section] = values
             elif values != defaults.get(section):
                 return False
+            else:
+                unknown.append((section, None))
             continue
         old = saved.get(section)
-        if isinstance(old, dict):  # a whole section the run did not know is left out, like its keys
+        if isinstance(old, dict):
             known[section] = {}
         for key, value in values.items():
             if isinstance(old, dict) and key in old:
                 known[section][key] = value
             elif value != defaults[section][key]:
                 return False
-    return _fingerprint(known, vars(data), inputs) == recorded_fp
+            else:
+                unknown.append((section, key))
+    if len(unknown) > 12:  # far too many versions apart to search
+        unknown = []
+    for mask in range(2 ** len(unknown)):
+        settings = json.loads(json.dumps(known))
+        for bit, (section, key) in enumerate(unknown):
+            if mask >> bit & 1:
+                if key is None:
+                    settings[section] = current[section]
+                else:
+                    settings.setdefault(section, {})[key] = current[section][key]
+        if _fingerprint(settings, vars(data), inputs) == recorded_fp:
+            return True
+    return False
 
 
 def stage_config(recipe: Recipe, stage: Stage, *, base: Config, out: Path) -> Config:
     data = _merge(_merge(_merge(base.to_dict(), recipe.changes), stage.changes), recipe.forced)
     if stage.teacher:
         data = _merge(data, {"noisy": {"teacher": str((out / stage.teacher).resolve())}})
+    if stage.pseudo_labels:
+        source = next(s for s in recipe.stages if s.name == stage.pseudo_labels)
+        predictions = out / source.name / ("submission.csv" if source.ensemble is not None else "test_predictions.csv")
+        data = _merge(data, {"noisy": {"test_predictions": str(predictions.resolve())}})
     try:
         return config_from_dict(data)
     except ConfigError as e:
@@ -303,13 +335,13 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
                     summary = {**_single(members[0], folder), **extra}
                     fsutil.write_text(folder / "ensemble.json", json.dumps(summary, indent=2))
             chosen = next(b for b in summary["blends"] if b["blend"] == summary["chosen"])
-            kept = summary["kept"]
+            blended = summary["kept"]
             results[stage.name] = {"kind": "ensemble", "folder": str(folder), "oof_lwlrap": chosen["nested_oof_lwlrap"],
                                    "test_lwlrap": chosen.get("test_lwlrap"), "blend": summary["chosen"],
-                                   "members": kept, "minutes": (time.perf_counter() - t0) / 60,
+                                   "members": blended, "minutes": (time.perf_counter() - t0) / 60,
                                    "budget_cuts": summary.get("budget_cuts", []),
                                    "inference_ms_per_clip": _sum_or_none(summary.get("member_ms_per_clip", {}).get(
-                                       m, results[m]["inference_ms_per_clip"]) for m in kept)}
+                                       m, results[m]["inference_ms_per_clip"]) for m in blended)}
         recorded[stage.name] = {"fingerprint": fp, "status": "done", **results[stage.name]}
         _save_state(state_path, recipe, recorded)
     final = recipe.final
