@@ -137,7 +137,7 @@ def _selection_csv(clips: list[Clip], vocabulary, given, kept, targets) -> str:
 
 
 def pseudo_labels_for_test_clips(path: str | Path, test_clips: list[Clip], vocabulary: tuple[str, ...],
-                       threshold: float) -> tuple[np.ndarray, np.ndarray]:
+                                 threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """``(kept mask over test_clips, hard targets (n_kept, K))`` from a Kaggle-format prediction CSV:
     a test clip keeps the labels predicted at ``threshold`` or above; clips with none are left out."""
     path = Path(path)
@@ -214,7 +214,7 @@ class NoisyPlan:
             raise AudiotagError("noisy.test_predictions is set but the dataset has no test clips",
                                 hint="pseudo-labelling the test set needs its audio (test/ in the Kaggle layout)")
         kept, targets = pseudo_labels_for_test_clips(self.cfg.test_predictions, test_clips, self.vocabulary,
-                                           self.cfg.test_threshold)
+                                                     self.cfg.test_threshold)
         clips = [c for c, keep in zip(test_clips, kept) if keep]
         fsutil.write_text(self.run.dir / "test_pseudo_labels.csv", _selection_csv(
             test_clips, self.vocabulary, np.zeros((len(test_clips), len(self.vocabulary))), kept, targets))
