@@ -11,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -203,7 +204,7 @@ def test_a_stage_pseudo_labels_the_test_set_with_a_blend_and_joins_the_final_ble
     assert {k: v for k, v in mtimes(out).items() if k.parts[0] != "test_pl"} == before
     config = yaml.safe_load((out / "test_pl" / "config.yaml").read_text())
     assert config["noisy"]["test_predictions"] == str((out / "blend" / "submission.csv").resolve())
-    chosen = __import__("pandas").read_csv(out / "test_pl" / "test_pseudo_labels.csv")
+    chosen = pd.read_csv(out / "test_pl" / "test_pseudo_labels.csv")
     assert chosen.kept.sum() > 0
     assert (out / "submission.csv").read_bytes() == (out / "final" / "submission.csv").read_bytes()
     trained = mtimes(out)
@@ -216,6 +217,9 @@ def test_a_stage_pseudo_labels_the_test_set_with_a_blend_and_joins_the_final_ble
     with pytest.raises(ConfigError, match="two or more earlier stages and nothing else"):
         parse_recipe({"stages": [{"name": "a"}, {"name": "b"}, {"name": "c", "ensemble": ["a", "b"],
                                                                 "pseudo_labels": "a"}]})
+    blend_first = [{"name": "a"}, {"name": "b"}, {"name": "e", "ensemble": ["a", "b"]}]
+    with pytest.raises(ConfigError, match="uses ensemble stage e as an input"):  # a teacher must be a training stage
+        parse_recipe({"stages": blend_first + [{"name": "t", "teacher": "e", "pseudo_labels": "e"}]})
 
 
 # Files whose appearance marks a moment inside a training stage: a fold's first epoch is written.

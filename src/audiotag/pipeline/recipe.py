@@ -139,7 +139,7 @@ def parse_recipe(data: dict, *, source: str = "recipe") -> Recipe:
         stages.append(stage)
         seen.add(name)
     for stage in stages:
-        for dep in set(stage.inputs) - {stage.pseudo_labels}:  # any stage's test predictions can pseudo-label
+        for dep in list(stage.ensemble or []) + ([stage.teacher] if stage.teacher else []):  # pseudo_labels: any stage
             if next(s for s in stages if s.name == dep).ensemble is not None:
                 raise ConfigError(f"stage {stage.name} uses ensemble stage {dep} as an input; use training stages")
     return Recipe(stages=stages, changes=_nested(data.get("set") or {}, source), source=source)
