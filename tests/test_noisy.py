@@ -42,6 +42,35 @@ def test_mixed_batches_hold_the_noisy_share_and_cover_the_curated_clips():
     assert plain.batches_per_epoch == 7
 
 
+def test_pseudo_labelled_test_rows_get_their_own_batch_share():
+    arrays = [np.full((1, 2, 10), i, np.float32) for i in range(40)]
+    targets = np.zeros((40, 3), np.float32)
+    noisy = np.r_[np.zeros(10, bool), np.ones(30, bool)]  # 10 curated, 27 noisy, 3 test rows (37-39)
+    test = np.r_[np.zeros(37, bool), np.ones(3, bool)]
+    bank = ClipBank(arrays, targets)
+
+    def ids(sampler):
+        return [x[:, 0, 0, 0].long().tolist() for x, _ in sampler.epoch(0)]
+
+    shared = CropSampler(bank, crop_frames=4, batch_size=10, seed=0, noisy=noisy, noisy_fraction=0.3,
+                         test_rows=test, test_fraction=0.2)
+    assert shared.batches_per_epoch == 2  # 5 curated clips per batch
+    seen = []
+    for batch in ids(shared):
+        assert len(batch) == 10
+        assert sum(i < 10 for i in batch) == 5 and sum(10 <= i < 37 for i in batch) == 3
+        assert sum(i >= 37 for i in batch) == 2  # the test rows' own share, not ~1% of the noisy draw
+        seen += [i for i in batch if i < 10]
+    assert sorted(seen) == list(range(10))
+    # without a share of their own they are noisy rows like the others: the same batches as before
+    same = dict(crop_frames=4, batch_size=10, seed=0, noisy=noisy, noisy_fraction=0.3)
+    assert ids(CropSampler(bank, test_rows=test, test_fraction=0.0, **same)) == ids(CropSampler(bank, **same))
+    # shares that leave no curated clip are cut back to one curated clip per batch
+    crowded = CropSampler(bank, crop_frames=4, batch_size=4, seed=0, noisy=noisy, noisy_fraction=0.5,
+                          test_rows=test, test_fraction=0.45)
+    assert all(sum(i < 10 for i in batch) == 1 and sum(i >= 37 for i in batch) >= 1 for batch in ids(crowded))
+
+
 def test_pseudo_rules():
     given = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]], np.float32)
     teacher = np.array([[0.9, 0.1, 0.8], [0.2, 0.3, 0.1], [0.6, 0.2, 0.1]])
@@ -141,10 +170,10 @@ def test_pseudo_labelled_test_clips_join_every_fold(demo_data, tmp_path):
     teacher = train_tiny(demo_data, tmp_path / "teacher", tmp_path / "cache")
     predictions = pd.read_csv(teacher.dir / "test_predictions.csv").set_index("fname")
     threshold = float(np.quantile(predictions.max(axis=1), 0.5))  # about half the test clips keep a label
-    for strategy in ("none", "joint"):
+    for strategy, share in (("none", "null"), ("joint", "0.25")):
         student = train_tiny(demo_data, tmp_path / strategy, tmp_path / "cache", f"noisy.strategy={strategy}",
                              f"noisy.test_predictions={teacher.dir / 'test_predictions.csv'}",
-                             f"noisy.test_threshold={threshold}")
+                             f"noisy.test_threshold={threshold}", f"noisy.test_batch_fraction={share}")
         chosen = pd.read_csv(student.dir / "test_pseudo_labels.csv", keep_default_na=False).set_index("fname")
         assert chosen.index.tolist() == predictions.index.tolist()
         expected = predictions.max(axis=1) >= threshold
@@ -158,6 +187,11 @@ def test_pseudo_labelled_test_clips_join_every_fold(demo_data, tmp_path):
             assert done["n_train"] == (folds.fold != k).sum() + n_noisy + expected.sum()
     with pytest.raises(ConfigError, match="mixmatch"):
         tiny("noisy.strategy=mixmatch", "noisy.test_predictions=x.csv")
+    with pytest.raises(ConfigError, match="test_batch_fraction is set but"):
+        tiny("noisy.test_batch_fraction=0.2")
+    with pytest.raises(ConfigError, match="less than 5%"):
+        tiny("noisy.strategy=joint", "noisy.batch_fraction=0.8", "noisy.test_batch_fraction=0.2",
+             "noisy.test_predictions=x.csv")
 
 
 def test_noise_estimate_recovers_a_known_wrong_label_rate():

@@ -206,6 +206,9 @@ class NoisyConfig:
     # recordings and backgrounds then take part in training, which validation clips cannot show.
     test_predictions: str | None = None
     test_threshold: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
+    # Their own share of each batch, besides batch_fraction's noisy clips; unset, they are drawn
+    # among the noisy rows, where a few hundred test clips are lost among thousands of noisy ones.
+    test_batch_fraction: float | None = field(default=None, metadata=_range(0.0, 0.95, lo_open=True))
 
 
 @dataclass
@@ -287,6 +290,15 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError("noisy.test_predictions (pseudo-labelled test clips) cannot be combined with "
                           "noisy.strategy = mixmatch, which treats every noisy row as unlabelled",
                           hint="use noisy.strategy=joint (or none), or leave out noisy.test_predictions")
+    if n.test_batch_fraction is not None:
+        if not n.test_predictions:
+            raise ConfigError("noisy.test_batch_fraction is set but there are no pseudo-labelled test clips",
+                              hint="give noisy.test_predictions too, or leave out noisy.test_batch_fraction")
+        noisy_share = n.batch_fraction if n.strategy in ("joint", "pseudo") else 0.0
+        if noisy_share + n.test_batch_fraction > 0.95:
+            raise ConfigError(f"noisy.batch_fraction ({noisy_share:g}) + noisy.test_batch_fraction "
+                              f"({n.test_batch_fraction:g}) leave less than 5% of each batch to curated clips",
+                              hint="lower one of them (e.g. 0.3 + 0.2 keeps half of each batch curated)")
     t = cfg.train
     if t.only_folds is not None:
         bad = [k for k in t.only_folds if not 0 <= k < t.folds]

@@ -198,11 +198,12 @@ def run_fold(k: int, *, run: Run, config: Config, ds: Dataset, features: Feature
     t = config.train
     targets = ds.label_matrix(train_clips)
     part = plan.part(k) if plan is not None else None
-    train_bank, noisy_mask = training_bank(features, [train_clips[i] for i in train_idx], targets[train_idx], part)
+    train_bank, noisy_mask, test_mask = training_bank(features, [train_clips[i] for i in train_idx], targets[train_idx], part)
     val_bank = ClipBank.from_features(features, [train_clips[i] for i in val_idx], targets[val_idx])
     sampler = CropSampler(train_bank, crop_frames=crop_frames(config), batch_size=t.batch_size, seed=config.seed,
                           stream=k, pad_mode=t.pad_mode, balanced=t.balanced_sampling, noisy=noisy_mask,
-                          noisy_fraction=config.noisy.batch_fraction if noisy_mask is not None else 0.0)
+                          noisy_fraction=config.noisy.batch_fraction if noisy_mask is not None else 0.0,
+                          test_rows=test_mask, test_fraction=config.noisy.test_batch_fraction or 0.0)
     if min(t.batch_size, len(train_bank)) < 2 * distributed.world_size():
         raise AudiotagError(f"a batch of {min(t.batch_size, len(train_bank))} clips cannot be shared by "
                             f"{distributed.world_size()} processes (batch norm needs 2 or more clips in each)",

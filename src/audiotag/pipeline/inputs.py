@@ -71,7 +71,9 @@ def class_balanced_weights(targets: np.ndarray) -> np.ndarray:
 @dataclass
 class CropSampler:
     """Batches of random crops. With ``noisy`` (a bool per clip) and ``noisy_fraction``, every batch
-    holds that share of noisy clips and the rest curated; an epoch is one pass over the curated ones."""
+    holds that share of noisy clips and the rest curated; an epoch is one pass over the curated ones.
+    ``test_rows`` (a subset of the noisy rows: pseudo-labelled test clips) with ``test_fraction``
+    draws those rows as their own share of each batch instead of among the noisy ones."""
 
     bank: ClipBank
     crop_frames: int
@@ -82,19 +84,36 @@ class CropSampler:
     balanced: bool = False
     noisy: np.ndarray | None = None
     noisy_fraction: float = 0.0
+    test_rows: np.ndarray | None = None
+    test_fraction: float = 0.0
 
     def __post_init__(self):
         mask = np.zeros(len(self.bank), bool) if self.noisy is None else np.asarray(self.noisy, bool)
-        self._noisy_idx, self._curated_idx = np.flatnonzero(mask), np.flatnonzero(~mask)
-        mixing = self.noisy_fraction > 0 and len(self._noisy_idx) and len(self._curated_idx)
-        self._per_batch_noisy = max(1, int(round(self.batch_size * self.noisy_fraction))) if mixing else 0
-        if self._per_batch_noisy >= self.batch_size:
-            self._per_batch_noisy = self.batch_size - 1
+        test = (np.asarray(self.test_rows, bool) & mask if self.test_rows is not None and self.test_fraction > 0
+                else np.zeros(len(self.bank), bool))
+        self._curated_idx = np.flatnonzero(~mask)
+        self._noisy_idx, self._test_idx = np.flatnonzero(mask & ~test), np.flatnonzero(test)
+
+        def per_batch(idx: np.ndarray, fraction: float) -> int:
+            mixing = fraction > 0 and len(idx) and len(self._curated_idx)
+            return max(1, int(round(self.batch_size * fraction))) if mixing else 0
+
+        self._per_batch_noisy = per_batch(self._noisy_idx, self.noisy_fraction)
+        self._per_batch_test = per_batch(self._test_idx, self.test_fraction)
+        while self._per_batch_noisy + self._per_batch_test >= self.batch_size:  # keep one curated clip
+            if self._per_batch_test > self._per_batch_noisy:
+                self._per_batch_test -= 1
+            else:
+                self._per_batch_noisy -= 1
+
+    @property
+    def _per_batch_extra(self) -> int:
+        return self._per_batch_noisy + self._per_batch_test
 
     @property
     def batches_per_epoch(self) -> int:
-        if self._per_batch_noisy:
-            return max(1, len(self._curated_idx) // (self.batch_size - self._per_batch_noisy))
+        if self._per_batch_extra:
+            return max(1, len(self._curated_idx) // (self.batch_size - self._per_batch_extra))
         return max(1, len(self.bank) // self.batch_size)
 
     def _order(self, rng: np.random.Generator, idx: np.ndarray) -> np.ndarray:
@@ -102,19 +121,26 @@ class CropSampler:
             return rng.choice(idx, size=len(idx), replace=True, p=class_balanced_weights(self.bank.targets[idx]))
         return rng.permutation(idx)
 
+    def _cycled(self, rng: np.random.Generator, idx: np.ndarray, per_batch: int) -> np.ndarray:
+        """Enough shuffled passes over ``idx`` for ``per_batch`` rows in every batch of the epoch."""
+        if not per_batch:
+            return idx[:0]
+        need = self.batches_per_epoch * per_batch
+        return np.concatenate([rng.permutation(idx) for _ in range(-(-need // len(idx)))])
+
     def _batches(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
-        if not self._per_batch_noisy:
+        if not self._per_batch_extra:
             order, size = self._order(rng, np.arange(len(self.bank))), min(self.batch_size, len(self.bank))
             for b in range(self.batches_per_epoch):
                 yield order[b * size : (b + 1) * size]
             return
-        n_cur = self.batch_size - self._per_batch_noisy
+        n_cur, n_noisy, n_test = self.batch_size - self._per_batch_extra, self._per_batch_noisy, self._per_batch_test
         curated = self._order(rng, self._curated_idx)
-        need = self.batches_per_epoch * self._per_batch_noisy
-        noisy = np.concatenate([rng.permutation(self._noisy_idx) for _ in range(-(-need // len(self._noisy_idx)))])
+        noisy = self._cycled(rng, self._noisy_idx, n_noisy)
+        test = self._cycled(rng, self._test_idx, n_test)
         for b in range(self.batches_per_epoch):
-            yield np.concatenate([curated[b * n_cur : (b + 1) * n_cur],
-                                  noisy[b * self._per_batch_noisy : (b + 1) * self._per_batch_noisy]])
+            yield np.concatenate([curated[b * n_cur : (b + 1) * n_cur], noisy[b * n_noisy : (b + 1) * n_noisy],
+                                  test[b * n_test : (b + 1) * n_test]])
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of one epoch: ``x (B, C, F, crop_frames)`` float32, ``y (B, K)`` float32."""

@@ -39,10 +39,12 @@ from .runs import Run
 
 @dataclass
 class NoisyPart:
-    """The noisy clips one fold trains on and their targets ``(n, K)`` (hard or soft)."""
+    """The noisy clips one fold trains on and their targets ``(n, K)`` (hard or soft); the last
+    ``n_test`` of them are pseudo-labelled test clips."""
 
     clips: list[Clip]
     targets: np.ndarray
+    n_test: int = 0
 
 
 def noisy_loss(cfg: NoisyConfig) -> SourceAwareLoss:
@@ -63,16 +65,17 @@ def noisy_clips(ds: Dataset, cfg: NoisyConfig, *, seed: int) -> list[Clip]:
 
 
 def training_bank(features: FeatureSet, curated: list[Clip], curated_targets: np.ndarray,
-                  part: NoisyPart | None) -> tuple[ClipBank, np.ndarray | None]:
-    """The fold's training clips; with a noisy part, targets gain the source column and the mask
-    of noisy rows is returned for the sampler."""
+                  part: NoisyPart | None) -> tuple[ClipBank, np.ndarray | None, np.ndarray | None]:
+    """The fold's training clips; with a noisy part, targets gain the source column, and the masks
+    of noisy rows and of pseudo-labelled test rows (a subset of them) are returned for the sampler."""
     if part is None:
-        return ClipBank.from_features(features, curated, curated_targets), None
+        return ClipBank.from_features(features, curated, curated_targets), None, None
     targets = np.concatenate([
         np.concatenate([curated_targets, np.zeros((len(curated), 1), np.float32)], axis=1),
         np.concatenate([part.targets.astype(np.float32), np.ones((len(part.clips), 1), np.float32)], axis=1)])
     mask = np.r_[np.zeros(len(curated), bool), np.ones(len(part.clips), bool)]
-    return ClipBank.from_features(features, curated + part.clips, targets), mask
+    test = np.r_[np.zeros(len(curated) + len(part.clips) - part.n_test, bool), np.ones(part.n_test, bool)]
+    return ClipBank.from_features(features, curated + part.clips, targets), mask, test
 
 
 # ----------------------------------------------------------------------------- pseudo-labels
@@ -207,7 +210,8 @@ class NoisyPlan:
             return part
         if part is None:
             return self.test_part
-        return NoisyPart(part.clips + self.test_part.clips, np.concatenate([part.targets, self.test_part.targets]))
+        return NoisyPart(part.clips + self.test_part.clips, np.concatenate([part.targets, self.test_part.targets]),
+                         n_test=len(self.test_part.clips))
 
     def _test_part(self, test_clips: list[Clip]) -> NoisyPart:
         if not test_clips:
@@ -219,8 +223,9 @@ class NoisyPlan:
         fsutil.write_text(self.run.dir / "test_pseudo_labels.csv", _selection_csv(
             test_clips, self.vocabulary, np.zeros((len(test_clips), len(self.vocabulary))), kept, targets))
         self.run.log(f"pseudo-labelled test clips: {len(clips)} of {len(test_clips)} have a prediction >= "
-                     f"{self.cfg.test_threshold} ({int(targets.sum())} labels); they join every fold as noisy rows")
-        return NoisyPart(clips, targets)
+                     f"{self.cfg.test_threshold} ({int(targets.sum())} labels); they join every fold as noisy rows"
+                     + (f", {self.cfg.test_batch_fraction:.0%} of each batch" if self.cfg.test_batch_fraction else ""))
+        return NoisyPart(clips, targets, n_test=len(clips))
 
     def _pseudo_part(self, k: int) -> NoisyPart:
         folder = self.run.dir / "pseudo"
