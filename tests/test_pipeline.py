@@ -212,6 +212,37 @@ def test_a_stage_pseudo_labels_the_test_set_with_a_blend_and_joins_the_final_ble
     assert capsys.readouterr().out.count("done earlier, reused") == 5
     assert mtimes(out) == trained
 
+    # a copied pipeline folder is reused too, though test_pl's saved config points into the original
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    copied = mtimes(moved)
+    assert run_cli(path, demo_data, moved, cache) == 0
+    assert capsys.readouterr().out.count("done earlier, reused") == 5 and not (moved / ".replaced").exists()
+    # ... also when its fingerprints were recorded by a version that hashed the absolute path
+    from audiotag.config import config_from_dict
+    from audiotag.pipeline.recipe import _fingerprint
+    from audiotag.pipeline.runs import DataSpec, result_settings
+
+    state = json.loads((moved / "pipeline.json").read_text())
+    stages = state["stages"]
+    data = DataSpec(**json.loads((moved / "test_pl" / "run.json").read_text())["data"])
+    portable = stages["test_pl"]["fingerprint"]
+    stages["test_pl"]["fingerprint"] = _fingerprint(result_settings(config_from_dict(config)), vars(data),
+                                                    [stages["blend"]["fingerprint"]])
+    final = parse_recipe(recipe).stages[-1]
+    stages["final"]["fingerprint"] = _fingerprint(final.ensemble, final.blends, final.prune, final.budget_minutes,
+                                                  [stages[m]["fingerprint"] for m in final.ensemble])
+    (moved / "pipeline.json").write_text(json.dumps(state))
+    assert run_cli(path, demo_data, moved, cache) == 0
+    assert capsys.readouterr().out.count("done earlier, reused") == 5 and not (moved / ".replaced").exists()
+    assert mtimes(moved) == copied
+    assert json.loads((moved / "pipeline.json").read_text())["stages"]["test_pl"]["fingerprint"] == portable
+    # a copy whose legacy fingerprint no longer matches its saved settings is redone, not trusted
+    stages["test_pl"]["fingerprint"] = "0" * 16
+    (moved / "pipeline.json").write_text(json.dumps(state))
+    assert run_cli(path, demo_data, moved, cache) == 0
+    assert "test_pl: settings or inputs changed" in capsys.readouterr().out
+
     with pytest.raises(ConfigError, match="not an earlier stage"):
         parse_recipe({"stages": [{"name": "a", "pseudo_labels": "b"}, {"name": "b"}]})
     with pytest.raises(ConfigError, match="two or more earlier stages and nothing else"):

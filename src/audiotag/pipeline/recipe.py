@@ -185,7 +185,8 @@ def _unchanged_but_for_new_settings(stage: Stage, config: Config | None, folder:
 
     The recorded fingerprint may come from any version since the run: one that knew some of those
     settings (and recorded them at their defaults, reusing the stage). So every subset of them is
-    tried with the settings the run's saved config holds."""
+    tried with the settings the run's saved config holds. Versions before stage outputs were named
+    by stage hashed the absolute paths to them: that form is tried with the run's saved paths."""
     if recorded_fp is None or not all(d in kept for d in stage.inputs):
         return False
     inputs = [old_fingerprints.get(d) for d in stage.inputs]
@@ -196,7 +197,17 @@ def _unchanged_but_for_new_settings(stage: Stage, config: Config | None, folder:
         saved = read_yaml(folder / "config.yaml")
     except ConfigError:  # no readable saved config: nothing to compare with
         return False
-    current, defaults = result_settings(config), result_settings(Config())
+    defaults = result_settings(Config())
+    current = result_settings(config)
+    forms = [_portable(current, stage)]
+    if stage.teacher or stage.pseudo_labels:  # recorded before stage outputs were named by stage
+        noisy = saved.get("noisy") if isinstance(saved.get("noisy"), dict) else {}
+        forms.append({**current, "noisy": {**current["noisy"], **{k: noisy[k] for k in STAGE_PATHS if k in noisy}}})
+    return any(_matches_some_older_version(form, saved, defaults, recorded_fp, data, inputs) for form in forms)
+
+
+def _matches_some_older_version(current: dict, saved: dict, defaults: dict, recorded_fp: str, data,
+                                inputs: list) -> bool:
     known: dict = {}
     unknown: list[tuple[str, str | None]] = []  # settings the run did not know, at their defaults
     for section, values in current.items():
@@ -231,6 +242,17 @@ def _unchanged_but_for_new_settings(stage: Stage, config: Config | None, folder:
         if _fingerprint(settings, vars(data), inputs) == recorded_fp:
             return True
     return False
+
+
+# Settings a recipe fills with paths to another stage's outputs inside OUT. A fingerprint names the
+# stage instead (whose own fingerprint is among the inputs), so a moved or copied OUT is reused.
+STAGE_PATHS = ("teacher", "test_predictions")
+
+
+def _portable(settings: dict, stage: Stage) -> dict:
+    named = {"teacher": stage.teacher, "test_predictions": stage.pseudo_labels}
+    return {**settings, "noisy": {**settings["noisy"],
+                                  **{k: f"stage {named[k]}" for k in STAGE_PATHS if named[k]}}}
 
 
 def stage_config(recipe: Recipe, stage: Stage, *, base: Config, out: Path) -> Config:
@@ -270,7 +292,8 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
         folder = out / stage.name
         if stage.ensemble is None:
             config = stage_config(recipe, stage, base=base, out=out)
-            fp = _fingerprint(result_settings(config), vars(data), [fingerprints[d] for d in stage.inputs])
+            fp = _fingerprint(_portable(result_settings(config), stage), vars(data),
+                              [fingerprints[d] for d in stage.inputs])
         else:
             config = None
             fp = _fingerprint(stage.ensemble, stage.blends, stage.prune, stage.budget_minutes,
