@@ -100,6 +100,23 @@ def save_npy(path: str | Path, array: np.ndarray) -> Path:
     return Path(path)
 
 
+def read_ahead(path: str | Path) -> None:
+    """Ask the kernel to start reading ``path`` into the page cache now, so a worker that reads it
+    later does not wait on the disk. A hint only: any error is ignored, and so are systems without it."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..audio.inventory import AudioVerdict, FileStat, Inventory, default_cache_dir, scan_file
 from ..audio.io import AudioInfo, is_supported
+from .. import fsutil
 from ..errors import ValidationFailed
 from ..parallel import parallel_map
 from .layouts import audio_files_under
@@ -166,6 +167,8 @@ def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = N
                     verdicts[stat.path] = verdict
                 elif stat.path not in queued:
                     queued.add(stat.path)
+                    # up to ~100 files are queued ahead of the workers: their reads overlap the work
+                    fsutil.read_ahead(stat.path)
                     yield stat.path, clip.fname
 
         found: list[tuple[FileStat, AudioVerdict]] = []
