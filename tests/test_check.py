@@ -108,3 +108,14 @@ def test_report_csv_lists_every_problem(tiny_bench, tmp_path):
     rows = list(csv.DictReader(report.to_csv().splitlines()))
     assert {(r["code"], r["fname"]) for r in rows if r["severity"] == "error"} == planted
     assert all(r["message"] for r in rows)
+
+
+def test_read_ahead_is_only_a_hint(tmp_path):
+    from audiotag import fsutil
+
+    clip = tmp_path / "a.wav"
+    clip.write_bytes(b"RIFF")
+    fsutil.read_ahead(clip)
+    assert clip.read_bytes() == b"RIFF"
+    fsutil.read_ahead(tmp_path / "gone.wav")  # vanished since it was listed: the worker reports it, not this
+    fsutil.read_ahead(tmp_path)  # not a regular file

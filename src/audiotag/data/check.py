@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import fsutil
 from ..audio.inventory import AudioVerdict, FileStat, Inventory, default_cache_dir, scan_file
 from ..audio.io import AudioInfo, is_supported
-from .. import fsutil
 from ..errors import ValidationFailed
 from ..parallel import parallel_map
 from .layouts import audio_files_under
@@ -167,7 +167,7 @@ def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = N
                     verdicts[stat.path] = verdict
                 elif stat.path not in queued:
                     queued.add(stat.path)
-                    # up to ~100 files are queued ahead of the workers: their reads overlap the work
+                    # 64-128 files wait in the pool's queue (parallel_map): their reads overlap the work
                     fsutil.read_ahead(stat.path)
                     yield stat.path, clip.fname
 
