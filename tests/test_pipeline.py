@@ -243,6 +243,21 @@ def test_a_stage_pseudo_labels_the_test_set_with_a_blend_and_joins_the_final_ble
     assert run_cli(path, demo_data, moved, cache) == 0
     assert "test_pl: settings or inputs changed" in capsys.readouterr().out
 
+    # a folder moved while its pseudo-label stage was interrupted resumes with the new location's
+    # pseudo-labels, as the original's are gone
+    relocated = tmp_path / "relocated"
+    shutil.copytree(out, relocated)
+    shutil.move(out, tmp_path / "gone")
+    info = json.loads((relocated / "test_pl" / "run.json").read_text())
+    (relocated / "test_pl" / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    (relocated / "test_pl" / "fold_1" / "done.json").unlink()
+    assert run_cli(path, demo_data, relocated, cache) == 0
+    assert "test_pl: resuming" in capsys.readouterr().out
+    config = yaml.safe_load((relocated / "test_pl" / "config.yaml").read_text())
+    assert config["noisy"]["test_predictions"] == str((relocated / "blend" / "submission.csv").resolve())
+    assert json.loads((relocated / "test_pl" / "run.json").read_text())["status"] == "done"
+    assert (relocated / "submission.csv").read_bytes() == (tmp_path / "gone" / "submission.csv").read_bytes()
+
     with pytest.raises(ConfigError, match="not an earlier stage"):
         parse_recipe({"stages": [{"name": "a", "pseudo_labels": "b"}, {"name": "b"}]})
     with pytest.raises(ConfigError, match="two or more earlier stages and nothing else"):

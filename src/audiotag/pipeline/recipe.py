@@ -255,6 +255,19 @@ def _portable(settings: dict, stage: Stage) -> dict:
                                   **{k: f"stage {named[k]}" for k in STAGE_PATHS if named[k]}}}
 
 
+def _follow_moved_stage_paths(run: Run, config: Config) -> None:
+    """Point an unfinished run's saved teacher / pseudo-label paths at the stages' current folders.
+    Its fingerprint already matched, so only those paths can differ: the pipeline folder moved, and
+    the saved paths lead to where it used to be."""
+    saved = run.config
+    current = {k: getattr(config.noisy, k) for k in STAGE_PATHS}
+    if all(getattr(saved.noisy, k) == v for k, v in current.items()):
+        return
+    fsutil.write_text(run.dir / "config.yaml",
+                      dataclasses.replace(saved, noisy=dataclasses.replace(saved.noisy, **current)).to_yaml())
+    run.log("the pipeline folder has moved: " + ", ".join(f"noisy.{k} is now {v}" for k, v in current.items() if v))
+
+
 def stage_config(recipe: Recipe, stage: Stage, *, base: Config, out: Path) -> Config:
     data = _merge(_merge(_merge(base.to_dict(), recipe.changes), stage.changes), recipe.forced)
     if stage.teacher:
@@ -316,6 +329,7 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
                     log(f"[{i}/{len(recipe.stages)}] {stage.name}: done earlier, reused")
                 else:
                     log(f"[{i}/{len(recipe.stages)}] {stage.name}: resuming")
+                    _follow_moved_stage_paths(run, config)
                     run = resume(folder, progress=progress)
             else:
                 log(f"[{i}/{len(recipe.stages)}] {stage.name}: training ({config.model.name}, "
