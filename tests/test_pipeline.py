@@ -255,6 +255,8 @@ def test_a_stage_pseudo_labels_the_test_set_with_a_blend_and_joins_the_final_ble
     assert "test_pl: resuming" in capsys.readouterr().out
     config = yaml.safe_load((relocated / "test_pl" / "config.yaml").read_text())
     assert config["noisy"]["test_predictions"] == str((relocated / "blend" / "submission.csv").resolve())
+    original = yaml.safe_load((tmp_path / "gone" / "test_pl" / "config.yaml").read_text())
+    assert config == {**original, "noisy": {**original["noisy"], "test_predictions": config["noisy"]["test_predictions"]}}
     assert json.loads((relocated / "test_pl" / "run.json").read_text())["status"] == "done"
     assert (relocated / "submission.csv").read_bytes() == (tmp_path / "gone" / "submission.csv").read_bytes()
 

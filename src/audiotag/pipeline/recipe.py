@@ -39,6 +39,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from .. import fsutil
 from ..config import Config, _merge, config_from_dict, parse_override
 from ..errors import AudiotagError, ConfigError
@@ -259,12 +261,15 @@ def _follow_moved_stage_paths(run: Run, config: Config) -> None:
     """Point an unfinished run's saved teacher / pseudo-label paths at the stages' current folders.
     Its fingerprint already matched, so only those paths can differ: the pipeline folder moved, and
     the saved paths lead to where it used to be."""
-    saved = run.config
+    from ..config import read_yaml
+
+    saved = read_yaml(run.dir / "config.yaml")  # as written: its keys tell which settings the run knew
     current = {k: getattr(config.noisy, k) for k in STAGE_PATHS}
-    if all(getattr(saved.noisy, k) == v for k, v in current.items()):
+    noisy = saved.setdefault("noisy", {})
+    if all(noisy.get(k) == v for k, v in current.items()):
         return
-    fsutil.write_text(run.dir / "config.yaml",
-                      dataclasses.replace(saved, noisy=dataclasses.replace(saved.noisy, **current)).to_yaml())
+    noisy.update(current)
+    fsutil.write_text(run.dir / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
     run.log("the pipeline folder has moved: " + ", ".join(f"noisy.{k} is now {v}" for k, v in current.items() if v))
 
 
