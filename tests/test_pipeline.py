@@ -250,7 +250,8 @@ def test_a_stage_pseudo_labels_the_test_set_with_a_blend_and_joins_the_final_ble
     shutil.move(out, tmp_path / "gone")
     info = json.loads((relocated / "test_pl" / "run.json").read_text())
     (relocated / "test_pl" / "run.json").write_text(json.dumps({**info, "status": "running"}))
-    (relocated / "test_pl" / "fold_1" / "done.json").unlink()
+    for name in ("done.json", "last.pt", "best.pt"):  # fold 1 trains again, on the pseudo-labels it reads
+        (relocated / "test_pl" / "fold_1" / name).unlink()
     assert run_cli(path, demo_data, relocated, cache) == 0
     assert "test_pl: resuming" in capsys.readouterr().out
     config = yaml.safe_load((relocated / "test_pl" / "config.yaml").read_text())
@@ -258,7 +259,8 @@ def test_a_stage_pseudo_labels_the_test_set_with_a_blend_and_joins_the_final_ble
     original = yaml.safe_load((tmp_path / "gone" / "test_pl" / "config.yaml").read_text())
     assert config == {**original, "noisy": {**original["noisy"], "test_predictions": config["noisy"]["test_predictions"]}}
     assert json.loads((relocated / "test_pl" / "run.json").read_text())["status"] == "done"
-    assert (relocated / "submission.csv").read_bytes() == (tmp_path / "gone" / "submission.csv").read_bytes()
+    for name in ("test_predictions.csv", "oof_predictions.csv"):  # retrained to the bit on the same pseudo-labels
+        assert (relocated / "test_pl" / name).read_bytes() == (tmp_path / "gone" / "test_pl" / name).read_bytes()
 
     with pytest.raises(ConfigError, match="not an earlier stage"):
         parse_recipe({"stages": [{"name": "a", "pseudo_labels": "b"}, {"name": "b"}]})

@@ -264,13 +264,13 @@ def _follow_moved_stage_paths(run: Run, config: Config) -> None:
     from ..config import read_yaml
 
     saved = read_yaml(run.dir / "config.yaml")  # as written: its keys tell which settings the run knew
-    current = {k: getattr(config.noisy, k) for k in STAGE_PATHS}
     noisy = saved.setdefault("noisy", {})
-    if all(noisy.get(k) == v for k, v in current.items()):
+    moved = {k: getattr(config.noisy, k) for k in STAGE_PATHS if noisy.get(k) != getattr(config.noisy, k)}
+    if not moved:
         return
-    noisy.update(current)
+    noisy.update(moved)
     fsutil.write_text(run.dir / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
-    run.log("the pipeline folder has moved: " + ", ".join(f"noisy.{k} is now {v}" for k, v in current.items() if v))
+    run.log("the pipeline folder has moved: " + ", ".join(f"noisy.{k} is now {v}" for k, v in moved.items()))
 
 
 def stage_config(recipe: Recipe, stage: Stage, *, base: Config, out: Path) -> Config:
