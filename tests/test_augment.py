@@ -145,6 +145,25 @@ def test_power_domain_mixup_adds_the_two_sounds_powers():
     assert abs(float(out[0]) - 10 * np.log10(0.5)) < 0.01
 
 
+def test_power_domain_mixup_mixes_only_db_channels_as_powers_and_a_waveform_by_power():
+    x, y = batch()
+    x = torch.cat([x * 10 - 40, x], dim=1)  # channel 0 in dB, channel 1 e.g. a delta
+    params = {"lam": torch.full((len(x),), 0.25), "perm": torch.roll(torch.arange(len(x)), 1)}
+    t = Mixup(alpha=1.0, prob=1.0, targets="or", seed=0, domain="power", db_channels=[True, False])
+    mx, _ = t.apply(x, y, params)
+    p = 10 ** (x[:, :1].double() / 10)
+    expected_db = 10 * torch.log10(0.25 * p + 0.75 * p[params["perm"]])
+    torch.testing.assert_close(mx[:, :1].double(), expected_db, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(mx[:, 1:], 0.25 * x[:, 1:] + 0.75 * x[params["perm"], 1:])
+    # a waveform: independent noises mixed at lam keep lam of one power and 1 - lam of the other
+    g = torch.Generator().manual_seed(0)
+    wave = torch.randn(2, 1, 1, 200_000, generator=g) * torch.tensor([1.0, 3.0])[:, None, None, None]
+    w = Mixup(alpha=1.0, prob=1.0, targets="or", seed=0, domain="power", waveform=True)
+    mixed, _ = w.apply(wave, torch.eye(2), {"lam": torch.tensor([0.25, 1.0]), "perm": torch.tensor([1, 0])})
+    assert float(mixed[0].pow(2).mean()) == pytest.approx(0.25 * 1 + 0.75 * 9, rel=0.02)
+    assert torch.equal(mixed[1], wave[1])  # lam = 1: untouched
+
+
 def test_mixup_probability_zero_is_identity_and_config_switches_parts_off():
     x, y = batch()
     mx, my = Mixup(alpha=0.4, prob=0.0, targets="weighted", seed=0)(x, y)
@@ -153,9 +172,9 @@ def test_mixup_probability_zero_is_identity_and_config_switches_parts_off():
     assert build_transforms(off, seed=0) == []
     names = [type(t).__name__ for t in build_transforms(AugmentConfig(eq_db=3, freq_shift_bins=2, time_stretch=0.2),
                                                        seed=0)]
-    assert names == ["TimeShift", "Gain", "RandomEQ", "FreqShift", "TimeStretch", "SpecAugment"]
-    names = [type(t).__name__ for t in build_transforms(AugmentConfig(mixup_alpha=0.4), seed=0)]
-    assert names == ["TimeShift", "Gain", "SpecAugment", "Mixup"]
+    assert names == ["TimeShift", "Gain", "RandomEQ", "FreqShift", "TimeStretch", "SpecAugment", "Mixup"]
+    names = [type(t).__name__ for t in build_transforms(AugmentConfig(mixup_alpha=0), seed=0)]
+    assert names == ["TimeShift", "Gain", "SpecAugment"]
 
 
 def test_gain_and_eq_move_only_the_db_channels_and_a_waveform_is_scaled():

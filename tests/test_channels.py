@@ -194,7 +194,6 @@ def test_waveform_frames_hold_the_samples_on_the_log_mel_grid():
     (["features.kind=waveform"], "wavecnn"),
     (["model.name=wavecnn"], "wavecnn"),
     (["features.kind=waveform", "model.name=wavecnn", "features.deltas=true"], "waveform takes no"),
-    (["features.channels=[logmel,mfcc]", "augment.mixup_domain=power"], "plain log-mel"),
     (["features.channels=[mfc]"], "mfcc"),
 ])
 def test_channel_settings_that_cannot_work_are_refused(overrides, message):

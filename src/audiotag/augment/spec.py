@@ -166,12 +166,17 @@ class Mixup(_Transform):
     ``x = lam * x + (1 - lam) * x[perm]``, ``lam ~ Beta(alpha, alpha)`` per clip. Targets are mixed
     with the same weights (``weighted``) or united (``or``: a clip holds both sounds).
 
-    ``domain="power"`` treats ``x`` as dB and mixes powers, ``10 log10(lam 10^(x/10) + ...)``: the
-    features of the two sounds played together, rather than an average of two pictures."""
+    ``domain="power"`` mixes the dB channels (``db_channels``, a flag per channel; all when None)
+    as powers, ``10 log10(lam 10^(x/10) + ...)``: the features of the two sounds played together,
+    rather than an average of two pictures. Other channels (deltas, cepstra, ...) are mixed
+    linearly, and a raw waveform (``waveform``) with weights ``sqrt(lam)``, ``sqrt(1 - lam)``, which
+    mix the two clips' powers in the same proportion."""
 
-    def __init__(self, *, alpha: float, prob: float, targets: str, seed: int, domain: str = "db"):
+    def __init__(self, *, alpha: float, prob: float, targets: str, seed: int, domain: str = "db",
+                 db_channels: list[bool] | None = None, waveform: bool = False):
         super().__init__(seed=seed)
         self.alpha, self.prob, self.targets, self.domain = alpha, prob, targets, domain
+        self.mask, self.waveform = _channel_mask(db_channels), waveform
 
     def sample(self, x):
         b = x.shape[0]
@@ -185,12 +190,17 @@ class Mixup(_Transform):
     def apply(self, x, y, params):
         lam, perm = params["lam"], params["perm"]
         w = lam.to(x.dtype)[:, None, None, None]
-        if self.domain == "power":
+        linear = w * x + (1 - w) * x[perm]
+        if self.domain != "power":
+            mixed_x = linear
+        elif self.waveform:
+            mixed_x = torch.sqrt(w) * x + torch.sqrt(1 - w) * x[perm]
+        else:
             power = torch.pow(10.0, x / 10)
             mixed_x = 10 * torch.log10((w * power + (1 - w) * power[perm]).clamp_min(1e-10))
-            mixed_x = torch.where(w == 1, x, mixed_x)  # unmixed clips stay bit-identical
-        else:
-            mixed_x = w * x + (1 - w) * x[perm]
+            if self.mask is not None:
+                mixed_x = torch.where(self.mask.to(x.device) > 0, mixed_x, linear)
+        mixed_x = torch.where(w == 1, x, mixed_x)  # unmixed clips stay bit-identical
         if self.targets == "or":
             mixed_y = torch.where((lam < 1)[:, None], torch.maximum(y, y[perm]), y)
         else:
@@ -224,5 +234,5 @@ def build_transforms(cfg: AugmentConfig, *, seed: int, channels: list[str] | Non
                                freq_masks=freq_masks, freq_mask_bins=cfg.freq_mask_bins, seed=seed * 10 + 3))
     if cfg.mixup_alpha > 0 and cfg.mixup_prob > 0:
         out.append(Mixup(alpha=cfg.mixup_alpha, prob=cfg.mixup_prob, targets=cfg.mixup_targets, seed=seed * 10 + 4,
-                         domain=cfg.mixup_domain))
+                         domain=cfg.mixup_domain, db_channels=db_channels, waveform=waveform))
     return out
