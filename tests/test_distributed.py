@@ -94,8 +94,18 @@ def _free_port() -> int:
 
 def _spawn(tmp_path, task: str, batch: int, name: str):
     out = str(tmp_path / name)
-    torch.multiprocessing.start_processes(_worker, args=(2, _free_port(), out, task, batch), nprocs=2,
-                                          start_method="spawn")
+    for attempt in range(2):
+        try:
+            torch.multiprocessing.start_processes(_worker, args=(2, _free_port(), out, task, batch), nprocs=2,
+                                                  start_method="spawn")
+            break
+        except torch.multiprocessing.ProcessExitedException as e:
+            # About one run in a few hundred, a rank aborts inside gloo's own teardown at exit
+            # ("terminate called without an active exception", SIGABRT) after our barrier and
+            # destroy_process_group; not reproducible alone (0 of 40 in a loop). One retry; any other
+            # failure, or a second abort, fails the test.
+            if attempt or e.signal_name != "SIGABRT":
+                raise
     return torch.load(out, weights_only=True)
 
 
