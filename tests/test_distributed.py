@@ -100,10 +100,10 @@ def _spawn(tmp_path, task: str, batch: int, name: str):
                                                   start_method="spawn")
             break
         except torch.multiprocessing.ProcessExitedException as e:
-            # About one run in a few hundred, a rank aborts inside gloo's own teardown at exit
-            # ("terminate called without an active exception", SIGABRT) after our barrier and
-            # destroy_process_group; not reproducible alone (0 of 40 in a loop). One retry; any other
-            # failure, or a second abort, fails the test.
+            # Rarely a rank aborts inside gloo's own teardown at exit ("terminate called without an
+            # active exception", SIGABRT) after our barrier and destroy_process_group: seen twice in
+            # full-suite runs, never alone (0 of 40 spawns in a loop). One retry; any other failure,
+            # or a second abort, fails the test.
             if attempt or e.signal_name != "SIGABRT":
                 raise
     return torch.load(out, weights_only=True)

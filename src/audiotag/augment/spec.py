@@ -190,16 +190,15 @@ class Mixup(_Transform):
     def apply(self, x, y, params):
         lam, perm = params["lam"], params["perm"]
         w = lam.to(x.dtype)[:, None, None, None]
-        linear = w * x + (1 - w) * x[perm]
         if self.domain != "power":
-            mixed_x = linear
+            mixed_x = w * x + (1 - w) * x[perm]
         elif self.waveform:
             mixed_x = torch.sqrt(w) * x + torch.sqrt(1 - w) * x[perm]
         else:
             power = torch.pow(10.0, x / 10)
             mixed_x = 10 * torch.log10((w * power + (1 - w) * power[perm]).clamp_min(1e-10))
             if self.mask is not None:
-                mixed_x = torch.where(self.mask.to(x.device) > 0, mixed_x, linear)
+                mixed_x = torch.where(self.mask.to(x.device) > 0, mixed_x, w * x + (1 - w) * x[perm])
         mixed_x = torch.where(w == 1, x, mixed_x)  # unmixed clips stay bit-identical
         if self.targets == "or":
             mixed_y = torch.where((lam < 1)[:, None], torch.maximum(y, y[perm]), y)
