@@ -64,6 +64,11 @@ def test_same_seed_same_numbers(demo_data, tmp_path):
     assert read(a.dir / "test_predictions.csv") == read(b.dir / "test_predictions.csv")
     c = train_tiny(demo_data, tmp_path / "c", tmp_path / "cache", "seed=1")
     assert read(a.dir / "test_predictions.csv") != read(c.dir / "test_predictions.csv")
+    assert read(a.dir / "folds.csv") != read(c.dir / "folds.csv")
+    # a seed ensemble's member: another seed, the same folds
+    d = train_tiny(demo_data, tmp_path / "d", tmp_path / "cache", "seed=1", "train.fold_seed=0")
+    assert read(a.dir / "folds.csv") == read(d.dir / "folds.csv")
+    assert read(a.dir / "test_predictions.csv") != read(d.dir / "test_predictions.csv")
 
 
 def _same_results(a: Run, b: Run):

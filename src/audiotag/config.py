@@ -110,6 +110,9 @@ class TrainConfig:
     # Train only these fold indices (0-based; null = all): for fold-parallel jobs.
     only_folds: list[int] | None = None
     use_dataset_folds: bool = True  # ESC-50 / UrbanSound8K folds when the dataset has them
+    # The seed of the fold split (null = seed): a seed ensemble sets seed and keeps fold_seed, so its
+    # runs share folds and can be blended by nested CV.
+    fold_seed: int | None = field(default=None, metadata=_range(0))
     epochs: int = field(default=200, metadata=_range(1, 10000))
     batch_size: int = field(default=32, metadata=_range(1, 4096))
     crop_seconds: float = field(default=3.0, metadata=_range(0.1, 600.0))

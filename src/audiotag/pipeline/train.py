@@ -63,7 +63,8 @@ def _load_folds(run: Run, config: Config, ds, train_clips, cache_dir: Path):
             raise AudiotagError(f"the dataset has {len(missing)} training clips that {folds_path} does not know "
                                 f"(e.g. {sorted(missing)[0]})", hint="the data changed since the run began; start a new run")
     else:
-        folds = make_folds(ds, train_clips, n_folds=config.train.folds, seed=config.seed,
+        fold_seed = config.seed if config.train.fold_seed is None else config.train.fold_seed
+        folds = make_folds(ds, train_clips, n_folds=config.train.folds, seed=fold_seed,
                            use_dataset_folds=config.train.use_dataset_folds, cache_dir=cache_dir)
         fsutil.write_text(folds_path, folds.to_csv())
     return folds
