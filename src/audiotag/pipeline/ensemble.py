@@ -88,8 +88,8 @@ def check_aligned(members: list[Member]) -> None:
             problems.append(f"{m.name}: its test clips differ from {first.name}'s")
     if problems:
         raise DataError("these runs cannot be ensembled:\n  " + "\n  ".join(problems),
-                        hint="ensemble runs trained on the same dataset with the same seed and fold settings "
-                             "(train.folds, seed, use_dataset_folds)")
+                        hint="ensemble runs trained on the same dataset with the same fold settings "
+                             "(train.folds, train.fold_seed or else seed, use_dataset_folds)")
 
 
 def _stack(members: list[Member]) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:

@@ -89,7 +89,8 @@ def teacher_predictions(teacher: Run, features: FeatureSet, clips: list[Clip], *
     teacher_folds = read_folds_csv(teacher.dir / "folds.csv")
     if teacher_folds.fold != folds.fold:
         raise AudiotagError(f"the teacher run {teacher.dir} used other folds than this run",
-                            hint="train the teacher with the same seed and train.folds on the same data")
+                            hint="train the teacher with the same folds (train.folds, and seed or train.fold_seed) "
+                                 "on the same data")
     config = teacher.config
     out = {}
     bank = ClipBank.from_features(features, clips)
