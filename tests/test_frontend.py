@@ -84,8 +84,9 @@ def test_savgol_coefficients_equal_scipy():
                                        savgol_coeffs(width, order, deriv=order, use="dot"), atol=1e-12)
 
 
-def test_a_padded_batch_gives_each_clip_its_own_result():
-    m = LogMel(sample_rate=16000, n_fft=1024, hop_length=320, n_mels=64)
+@pytest.mark.parametrize("reference", [dict(), dict(db_reference="absolute", top_db=80.0)])
+def test_a_padded_batch_gives_each_clip_its_own_result(reference):
+    m = LogMel(sample_rate=16000, n_fft=1024, hop_length=320, n_mels=64, **reference)
     rng = np.random.default_rng(1)
     clips = [rng.uniform(-0.5, 0.5, n).astype(np.float32) for n in (16000, 7000, 321)]
     batch = torch.zeros(3, 16000)
@@ -97,6 +98,23 @@ def test_a_padded_batch_gives_each_clip_its_own_result():
         t = single.shape[1]
         assert t == 1 + len(y) // 320
         torch.testing.assert_close(out[i, 0, :, :t], single)
+
+
+@pytest.mark.parametrize("sr, changes", SETTINGS)
+def test_numpy_and_torch_band_products_agree(sr, changes):
+    """The CPU computes the mel bands through numpy in narrow bands, GPUs through torch in wide
+    ones: the same numbers either way."""
+    f = FeatureConfig(**changes)
+    frontend = FrontEnd(AudioConfig(sample_rate=sr), f)
+    y = torch.from_numpy(np.random.default_rng(3).uniform(-0.5, 0.5, (2, sr * 3)).astype(np.float32))
+    lengths = torch.tensor([sr * 3, sr])
+    assert len(frontend.logmel.numpy_bands) > len(frontend.logmel.bands)
+    assert frontend.logmel.numpy_products(y)
+    with_numpy = frontend(y, lengths)
+    frontend.logmel.NUMPY_ON_CPU = False
+    assert not frontend.logmel.numpy_products(y)
+    with_torch = frontend(y, lengths)
+    torch.testing.assert_close(with_numpy, with_torch, atol=1e-3, rtol=0)  # dB
 
 
 @pytest.mark.parametrize("batch", [1, 2])

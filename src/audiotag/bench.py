@@ -69,11 +69,11 @@ def replace_section(path: Path, name: str, body: str, *, title: str) -> None:
 def bench_features(data: str | Path, *, config: Config | None = None, limit: int | None = None,
                    report: str | Path | None = None, progress: bool = True, command: str | None = None) -> dict:
     """Time a cold cache build against librosa per clip on the same files; optionally write the report."""
-    try:
-        import librosa
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("librosa") is None:
         raise AudiotagError("the feature benchmark needs librosa as its reference",
-                            hint="install the dev extras: pip install -e '.[dev]' (make bench does this)") from None
+                            hint="install the dev extras: pip install -e '.[dev]' (make bench does this)")
     config = config or Config()
     ds = load_dataset(data)
     if limit:
@@ -87,6 +87,11 @@ def bench_features(data: str | Path, *, config: Config | None = None, limit: int
         t0 = time.perf_counter()
         built = build_features(ds, config, cache_dir=cache_dir, progress=progress, skip_bad=True)
         ours_s = time.perf_counter() - t0
+    # Imported after the build, which then runs as `audiotag features` does: forked from a process
+    # that had loaded librosa (numba, LLVM), the workers ran slower (1012-1089 against 1153-1185
+    # clips/s in back-to-back runs).
+    import librosa
+
     clips = built.dataset.clips
     paths = [c.path for c in clips]
 

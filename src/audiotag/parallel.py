@@ -52,8 +52,12 @@ def _apply_chunk(fn: Callable, chunk: list) -> list:
 
 def _worker_init(initializer: Callable | None, initargs: tuple) -> None:
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
+    # numpy's OpenBLAS read its thread count when the parent imported it: a forked worker would
+    # still split products over every core, against the other workers.
+    threadpool_limits(1)
     if initializer is not None:
         initializer(*initargs)
 

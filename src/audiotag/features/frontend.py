@@ -2,10 +2,12 @@
 
 They reproduce librosa's definitions (``feature.melspectrogram`` + ``power_to_db``,
 ``feature.delta``) and are tested against it, but run batched in torch. On a 2-core CPU most of a
-log-mel's time is the mel matrix product, so the product is computed band by band: a mel filter
-only touches the FFT bins between its neighbours' centres, and grouping filters into bands skips
-~85% of a dense product's zeros. The real and imaginary parts are squared in place and the mel
-weights are repeated for both, so the power sum happens inside the matrix product.
+log-mel's time is the FFT and the mel matrix product, so the product is computed band by band: a
+mel filter only touches the FFT bins between its neighbours' centres, and grouping filters into
+bands skips most of a dense product's zeros. The real and imaginary parts are squared in place and
+the mel weights are repeated for both, so the power sum happens inside the matrix product. On the
+CPU the band products go through numpy (OpenBLAS): its kernels for narrow products are 2-2.5x
+faster than torch's MKL ones on AMD Zen 4, which makes a worker's log-mel 10-20% faster there.
 """
 
 from __future__ import annotations
@@ -86,7 +88,12 @@ class LogMel(nn.Module):
     changing a clip's ``db_reference='max'`` or ``top_db`` floor.
     """
 
+    # Filters per band: MKL (torch on CPU) and cuBLAS do best with wider bands, OpenBLAS (numpy)
+    # with narrow ones (measured on a 10 s clip, 64 mels: 16 per band 0.27 ms in torch; 4 per band
+    # 0.11 ms in numpy, 0.79 ms in torch).
     FILTERS_PER_BAND = 16
+    FILTERS_PER_BAND_NUMPY = 4
+    NUMPY_ON_CPU = True  # False: torch's products on the CPU too (the tests compare both)
 
     def __init__(self, *, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, win_length: int | None = None,
                  fmin: float = 0.0, fmax: float | None = None, power: float = 2.0, htk: bool = False,
@@ -102,6 +109,7 @@ class LogMel(nn.Module):
         weights = mel_filterbank(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
                                  htk=htk, norm=None if mel_norm == "none" else mel_norm)
         self.bands = _bands(weights, self.FILTERS_PER_BAND)
+        self.numpy_bands = _bands(weights, self.FILTERS_PER_BAND_NUMPY)
         self.register_buffer("window", window, persistent=False)
         # (n_bins, n_mels), and the same with each row repeated for the real and imaginary part.
         self.register_buffer("mel_t", torch.from_numpy(weights.T.copy()), persistent=False)
@@ -141,6 +149,11 @@ class LogMel(nn.Module):
             torch.mul(segment.unfold(-1, self.n_fft, hop), self.window, out=frames[:, a - start : b - start])
         return frames
 
+    def numpy_products(self, parts: torch.Tensor) -> bool:
+        """Whether the band products of ``parts`` go through numpy: always on the CPU, whatever the
+        thread count, so a clip's cached features are the same bits from a worker pool or in-process."""
+        return self.NUMPY_ON_CPU and parts.device.type == "cpu" and parts.dtype == torch.float32
+
     def _power_mel_chunk(self, frames: torch.Tensor, out: torch.Tensor) -> None:
         b, t, _ = frames.shape
         spec = torch.fft.rfft(frames)  # (B, t, n_bins) complex
@@ -151,7 +164,15 @@ class LogMel(nn.Module):
         else:
             parts = spec.abs().pow_(self.power)
             weights, scale = self.mel_t, 1
-        for row in range(b):  # one clip at a time: a batched product cannot write into a slice of a chunk
+        # One clip at a time: a batched product cannot write into a slice of a chunk.
+        if self.numpy_products(parts):
+            parts_np, weights_np, out_np = parts.numpy(), weights.numpy(), out.numpy()  # views, no copies
+            for row in range(b):
+                for start, stop, lo, hi in self.numpy_bands:
+                    np.matmul(parts_np[row, :, scale * lo : scale * hi], weights_np[scale * lo : scale * hi, start:stop],
+                              out=out_np[row, :, start:stop])
+            return
+        for row in range(b):
             for start, stop, lo, hi in self.bands:
                 torch.matmul(parts[row, :, scale * lo : scale * hi], weights[scale * lo : scale * hi, start:stop],
                              out=out[row, :, start:stop])
@@ -167,13 +188,13 @@ class LogMel(nn.Module):
             masked = db.masked_fill(~valid[:, :, None], float("-inf"))
         else:
             valid, masked = None, db
-        if self.db_reference == "max" or self.top_db is not None:
-            peak = masked.amax(dim=(1, 2), keepdim=True)
-            if self.db_reference == "max":
-                db = db - peak
-                peak = torch.zeros_like(peak)
+        # In place: ``db`` is this call's own tensor (the front-end has no gradient: see power_mel's out=).
+        if self.db_reference == "max":
+            db.sub_(masked.amax(dim=(1, 2), keepdim=True))
             if self.top_db is not None:
-                db = torch.maximum(db, peak - self.top_db)
+                db.clamp_(min=-self.top_db)
+        elif self.top_db is not None:
+            torch.maximum(db, masked.amax(dim=(1, 2), keepdim=True) - self.top_db, out=db)
         if valid is not None:
             db = db.masked_fill(~valid[:, :, None], 0.0 if self.db_reference == "max" else float(db.min()))
         return db.transpose(1, 2)[:, None]  # (B, 1, M, T)
