@@ -19,7 +19,7 @@ from audiotag import cli, fsutil
 from audiotag.errors import ConfigError
 from audiotag.pipeline.budget import predict_by_view
 from audiotag.pipeline.ensemble import load_member
-from audiotag.pipeline.recipe import bundled_recipe, load_recipe, parse_recipe
+from audiotag.pipeline.recipe import _markdown, bundled_recipe, load_recipe, members_used, parse_recipe
 
 from test_train import TINY
 
@@ -344,3 +344,20 @@ def test_bundled_recipes_are_valid(tmp_path):
         for stage in recipe.stages:
             if stage.ensemble is None:
                 stage_config(recipe, stage, base=Config(), out=tmp_path)  # validates
+
+
+def test_an_ensembles_inference_time_counts_only_the_members_its_blend_weighs():
+    """A weighted blend that gives two of three members weight 0 needs only the third at inference."""
+    weighted = {"kept": ["baseline", "student", "long"], "chosen": "weighted",
+                "chosen_weights": {"baseline": 0.0, "student": 0.0, "long": 1.0}}
+    assert members_used(weighted) == (["long"], ["baseline", "student"])
+    stacked = {"kept": ["baseline", "student"], "chosen": "stack_logistic", "chosen_weights": None}
+    assert members_used(stacked) == (["baseline", "student"], [])  # a stacker reads every member
+
+    results = {"long": {"kind": "train", "oof_lwlrap": 0.9, "test_lwlrap": 0.72, "minutes": 128.7,
+                        "inference_ms_per_clip": 37.4},
+               "final": {"kind": "ensemble", "blend": "weighted", "members": ["long"],
+                         "zero_weight": ["baseline", "student"], "oof_lwlrap": 0.9, "test_lwlrap": 0.72,
+                         "minutes": 0.2, "inference_ms_per_clip": 37.4}}
+    row = next(line for line in _markdown(results, "final").splitlines() if line.startswith("| final"))
+    assert "weighted: long; weight 0: baseline, student" in row and "| 37.4 |" in row

@@ -377,13 +377,13 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
                     summary = {**_single(members[0], folder), **extra}
                     fsutil.write_text(folder / "ensemble.json", json.dumps(summary, indent=2))
             chosen = next(b for b in summary["blends"] if b["blend"] == summary["chosen"])
-            blended = summary["kept"]
+            used, unused = members_used(summary)
             results[stage.name] = {"kind": "ensemble", "folder": str(folder), "oof_lwlrap": chosen["nested_oof_lwlrap"],
                                    "test_lwlrap": chosen.get("test_lwlrap"), "blend": summary["chosen"],
-                                   "members": blended, "minutes": (time.perf_counter() - t0) / 60,
+                                   "members": used, "zero_weight": unused, "minutes": (time.perf_counter() - t0) / 60,
                                    "budget_cuts": summary.get("budget_cuts", []),
                                    "inference_ms_per_clip": _sum_or_none(summary.get("member_ms_per_clip", {}).get(
-                                       m, results[m]["inference_ms_per_clip"]) for m in blended)}
+                                       m, results[m]["inference_ms_per_clip"]) for m in used)}
         recorded[stage.name] = {"fingerprint": fp, "status": "done", **results[stage.name]}
         _save_state(state_path, recipe, recorded)
     final = recipe.final
@@ -411,6 +411,14 @@ def _single(member: Member, folder: Path) -> dict:
             "submission": str(folder / "submission.csv")}
 
 
+def members_used(summary: dict) -> tuple[list[str], list[str]]:
+    """The members an ensemble's chosen blend needs at inference, and those it gives no weight
+    (a weighted or Caruana blend may give some none: they need not be predicted, nor timed)."""
+    weights = summary.get("chosen_weights")
+    used = [m for m in summary["kept"] if weights is None or weights.get(m, 0.0) > 0]
+    return used, [m for m in summary["kept"] if m not in used]
+
+
 def _sum_or_none(values) -> float | None:
     values = list(values)
     return None if any(v is None for v in values) else float(sum(values))
@@ -430,11 +438,15 @@ def _markdown(results: dict[str, dict], final: str) -> str:
             return format(v, fmt) if v is not None else "-"
         ms = r.get("inference_ms_per_clip")
         estimate = f"{kaggle_minutes(ms):.1f} min" if ms is not None else "-"
-        kind = r["kind"] + (f" ({r['blend']}: {', '.join(r['members'])})" if r["kind"] == "ensemble" else "")
+        kind = r["kind"]
+        if kind == "ensemble":
+            unused = f"; weight 0: {', '.join(r['zero_weight'])}" if r.get("zero_weight") else ""
+            kind += f" ({r['blend']}: {', '.join(r['members'])}{unused})"
         lines.append(f"| {name}{' (final)' if name == final else ''} | {kind} | {f(r['oof_lwlrap'], '.4f')} | "
                      f"{f(r.get('test_lwlrap'), '.4f')} | {r['minutes']:.1f} | {f(ms, '.1f')} | {estimate} |")
     lines += ["", "Inference time is measured on this machine's test predictions (all folds, TTA included); the "
-              "estimate scales it to FAT2019's 3,361 private test clips (its kernels had one GPU hour).", ""]
+              "estimate scales it to FAT2019's 3,361 private test clips (its kernels had one GPU hour). An "
+              "ensemble counts the members its blend weighs, not those given weight 0.", ""]
     for name, r in results.items():
         for cut in r.get("budget_cuts", []):
             lines.append(f"- {name}: inference budget cut **{cut['dropped']}**: {cut['minutes_before']:.1f} → "
