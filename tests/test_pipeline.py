@@ -19,7 +19,7 @@ from audiotag import cli, fsutil
 from audiotag.errors import ConfigError
 from audiotag.pipeline.budget import predict_by_view
 from audiotag.pipeline.ensemble import load_member
-from audiotag.pipeline.recipe import _markdown, bundled_recipe, load_recipe, members_used, parse_recipe
+from audiotag.pipeline.recipe import _markdown, bundled_recipe, ensemble_inference, load_recipe, parse_recipe
 
 from test_train import TINY
 
@@ -348,11 +348,16 @@ def test_bundled_recipes_are_valid(tmp_path):
 
 def test_an_ensembles_inference_time_counts_only_the_members_its_blend_weighs():
     """A weighted blend that gives two of three members weight 0 needs only the third at inference."""
+    ms = {"baseline": 37.4, "student": 37.8, "long": 37.4}
     weighted = {"kept": ["baseline", "student", "long"], "chosen": "weighted",
                 "chosen_weights": {"baseline": 0.0, "student": 0.0, "long": 1.0}}
-    assert members_used(weighted) == (["long"], ["baseline", "student"])
-    stacked = {"kept": ["baseline", "student"], "chosen": "stack_logistic", "chosen_weights": None}
-    assert members_used(stacked) == (["baseline", "student"], [])  # a stacker reads every member
+    assert ensemble_inference(weighted, ms) == (["long"], ["baseline", "student"], 37.4)
+    caruana = {**weighted, "chosen_weights": {"baseline": 0.25, "student": 0.0, "long": 0.75}}
+    assert ensemble_inference(caruana, ms) == (["baseline", "long"], ["student"], pytest.approx(74.8))
+    stacked = {"kept": ["baseline", "student"], "chosen": "stack_logistic", "chosen_weights": None,
+               "member_ms_per_clip": {"baseline": 40.0}}  # timed again for the stage's budget
+    assert ensemble_inference(stacked, ms) == (["baseline", "student"], [], pytest.approx(77.8))
+    assert ensemble_inference(stacked, {"baseline": 37.4, "student": None})[2] is None  # one member never timed
 
     results = {"long": {"kind": "train", "oof_lwlrap": 0.9, "test_lwlrap": 0.72, "minutes": 128.7,
                         "inference_ms_per_clip": 37.4},

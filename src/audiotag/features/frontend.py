@@ -88,9 +88,9 @@ class LogMel(nn.Module):
     changing a clip's ``db_reference='max'`` or ``top_db`` floor.
     """
 
-    # Filters per band: MKL (torch on CPU) and cuBLAS do best with wider bands, OpenBLAS (numpy)
-    # with narrow ones (measured on a 10 s clip, 64 mels: 16 per band 0.27 ms in torch; 4 per band
-    # 0.11 ms in numpy, 0.79 ms in torch).
+    # Filters per band: MKL (torch on the CPU) does best with wider bands, OpenBLAS (numpy) with
+    # narrow ones (measured on a 10 s clip, 64 mels: 16 per band 0.27 ms in torch; 4 per band
+    # 0.11 ms in numpy, 0.79 ms in torch). GPUs keep torch's wide bands (not measured there).
     FILTERS_PER_BAND = 16
     FILTERS_PER_BAND_NUMPY = 4
     NUMPY_ON_CPU = True  # False: torch's products on the CPU too (the tests compare both)

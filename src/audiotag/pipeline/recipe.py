@@ -377,13 +377,12 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
                     summary = {**_single(members[0], folder), **extra}
                     fsutil.write_text(folder / "ensemble.json", json.dumps(summary, indent=2))
             chosen = next(b for b in summary["blends"] if b["blend"] == summary["chosen"])
-            used, unused = members_used(summary)
+            used, unused, ms_per_clip = ensemble_inference(
+                summary, {m: results[m]["inference_ms_per_clip"] for m in summary["kept"]})
             results[stage.name] = {"kind": "ensemble", "folder": str(folder), "oof_lwlrap": chosen["nested_oof_lwlrap"],
                                    "test_lwlrap": chosen.get("test_lwlrap"), "blend": summary["chosen"],
                                    "members": used, "zero_weight": unused, "minutes": (time.perf_counter() - t0) / 60,
-                                   "budget_cuts": summary.get("budget_cuts", []),
-                                   "inference_ms_per_clip": _sum_or_none(summary.get("member_ms_per_clip", {}).get(
-                                       m, results[m]["inference_ms_per_clip"]) for m in used)}
+                                   "budget_cuts": summary.get("budget_cuts", []), "inference_ms_per_clip": ms_per_clip}
         recorded[stage.name] = {"fingerprint": fp, "status": "done", **results[stage.name]}
         _save_state(state_path, recipe, recorded)
     final = recipe.final
@@ -411,12 +410,16 @@ def _single(member: Member, folder: Path) -> dict:
             "submission": str(folder / "submission.csv")}
 
 
-def members_used(summary: dict) -> tuple[list[str], list[str]]:
-    """The members an ensemble's chosen blend needs at inference, and those it gives no weight
-    (a weighted or Caruana blend may give some none: they need not be predicted, nor timed)."""
+def ensemble_inference(summary: dict, member_ms: dict[str, float | None]) -> tuple[list[str], list[str], float | None]:
+    """The members an ensemble's chosen blend needs at inference, those it gives no weight (a
+    weighted or Caruana blend may give some none: they need not be predicted, nor timed), and the
+    inference ms per clip of the first. A member's time measured for the stage (its budget) wins
+    over ``member_ms``, the time of its own stage."""
     weights = summary.get("chosen_weights")
     used = [m for m in summary["kept"] if weights is None or weights.get(m, 0.0) > 0]
-    return used, [m for m in summary["kept"] if m not in used]
+    measured = summary.get("member_ms_per_clip", {})
+    return (used, [m for m in summary["kept"] if m not in used],
+            _sum_or_none(measured.get(m, member_ms.get(m)) for m in used))
 
 
 def _sum_or_none(values) -> float | None:
