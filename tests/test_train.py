@@ -15,6 +15,7 @@ import pytest
 from audiotag import cli
 from audiotag.config import load_config
 from audiotag.engine.callbacks import History
+from audiotag.errors import AudiotagError
 from audiotag.pipeline import inputs
 from audiotag.pipeline.runs import DataSpec, Run
 from audiotag.pipeline.train import resume, train
@@ -94,7 +95,37 @@ def test_resume_after_an_epoch_equals_training_straight(demo_data, tmp_path, mon
     monkeypatch.setattr(History, "on_epoch_end", original)
     assert (tmp_path / "cut" / "fold_0" / "done.json").exists()
     assert not (tmp_path / "cut" / "fold_1" / "done.json").exists()
+    assert Run.open(tmp_path / "cut").info["status"] == "interrupted"
     _same_results(straight, resume(tmp_path / "cut", progress=False))
+
+
+def test_a_failed_run_says_so_and_resumes_once_fixed(demo_data, tmp_path, monkeypatch):
+    # data that is not there: the run folder records why it stopped instead of staying "created"
+    with pytest.raises(AudiotagError, match="does not exist"):
+        train(DataSpec(root=str(tmp_path / "nowhere")), tiny(), out=tmp_path / "nodata", cache_dir=tmp_path / "cache",
+              progress=False)
+    info = Run.open(tmp_path / "nodata").info
+    assert info["status"] == "failed" and "does not exist" in info["error"]
+    assert "failed: dataset folder" in (tmp_path / "nodata" / "log.txt").read_text()
+
+    # a crash in the middle of training: failed, then resumed to the end once the cause is gone
+    original = History.on_epoch_end
+
+    def crashes_in_fold_1(self, trainer, result):
+        original(self, trainer, result)
+        if self.prefix.startswith("fold 1"):
+            raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(History, "on_epoch_end", crashes_in_fold_1)
+    with pytest.raises(RuntimeError):
+        train_tiny(demo_data, tmp_path / "crash", tmp_path / "cache")
+    info = Run.open(tmp_path / "crash").info
+    assert (info["status"], info["error"]) == ("failed", "RuntimeError: disk on fire")
+    log = (tmp_path / "crash" / "log.txt").read_text()
+    assert f"failed: RuntimeError: disk on fire; after fixing the cause, continue with: audiotag train --resume " in log
+    monkeypatch.setattr(History, "on_epoch_end", original)
+    info = resume(tmp_path / "crash", progress=False).info
+    assert info["status"] == "done" and "error" not in info
 
 
 def test_resume_after_a_kill_mid_epoch_equals_training_straight(demo_data, tmp_path, monkeypatch):

@@ -240,14 +240,16 @@ class Run:
     def write_info(self, info: dict) -> None:
         fsutil.write_text(self.dir / "run.json", json.dumps(info, indent=2))
 
-    def update_info(self, **changes) -> None:
+    def update_info(self, *, drop: tuple[str, ...] = (), **changes) -> None:
+        """Set the ``changes`` in run.json and remove the keys in ``drop``."""
         if not fsutil.writes_enabled():
             return
         # Fold-parallel jobs update one run.json: the read-modify-write holds a lock.
         with open(self.dir / ".run.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                self.write_info({**self.info, **changes})
+                info = {k: v for k, v in self.info.items() if k not in drop}
+                self.write_info({**info, **changes})
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -265,10 +267,12 @@ class Run:
 
     # ------------------------------------------------------------------ logging
 
-    def log(self, message: str) -> None:
+    def log(self, message: str, *, echo: bool = True) -> None:
+        """Append ``message`` to log.txt and print it (unless ``echo`` is off)."""
         if not fsutil.writes_enabled():  # a distributed run's other ranks: rank 0 speaks for them
             return
-        print(message, flush=True)
+        if echo:
+            print(message, flush=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "log.txt", "a", encoding="utf-8") as f:
             f.write(f"{_dt.datetime.now().isoformat(timespec='seconds')} {message}\n")

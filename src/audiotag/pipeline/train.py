@@ -72,6 +72,27 @@ def _load_folds(run: Run, config: Config, ds, train_clips, cache_dir: Path):
 
 def _execute(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, progress: bool, device: torch.device,
              fold: int | None = None) -> Run:
+    """Train ``run`` (or one ``fold`` of it). However it stops, run.json and log.txt say how: a
+    run folder never stays "created" or "running" after its process has ended."""
+    resume_hint = f"audiotag train --resume {run.dir}" + (f" --fold {fold}" if fold is not None else "")
+    try:
+        return _train_run(run, config, data, cache_dir=cache_dir, progress=progress, device=device, fold=fold)
+    except KeyboardInterrupt:
+        if fold is None:  # a fold job's siblings may still be running: run.json speaks for all of them
+            run.update_info(status="interrupted")
+        run.log(f"interrupted; continue with: {resume_hint}")
+        raise
+    except Exception as e:
+        reason = e.message if isinstance(e, AudiotagError) else f"{type(e).__name__}: {e}"
+        if fold is None:
+            run.update_info(status="failed", error=reason.splitlines()[0])  # the log has all of it
+        run.log(f"failed: {reason}" + (f" (hint: {e.hint})" if isinstance(e, AudiotagError) and e.hint else "")
+                + f"; after fixing the cause, continue with: {resume_hint}", echo=False)  # the CLI prints the error
+        raise
+
+
+def _train_run(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, progress: bool, device: torch.device,
+               fold: int | None) -> Run:
     _threads(config)
     ds, features = _prepare(run, config, data, cache_dir=cache_dir, progress=progress)
     train_clips, test_clips = ds.split("curated"), ds.split("test")
@@ -87,7 +108,7 @@ def _execute(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, progr
         precision = resolve_precision(config.train.precision, device=device, model=probe, example=example)
         precision = distributed.broadcast(precision)  # timings differ between processes; rank 0 decides
     processes = distributed.world_size()
-    run.update_info(status="running", device=str(device), precision=precision, folds_source=folds.source,
+    run.update_info(status="running", drop=("error",), device=str(device), precision=precision, folds_source=folds.source,
                     vocabulary=list(ds.vocabulary),
                     n_folds=folds.n_folds, n_train_clips=len(train_clips), n_test_clips=len(test_clips),
                     threads=torch.get_num_threads(), processes=processes)
@@ -100,11 +121,6 @@ def _execute(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, progr
         scores = run_cv(run=run, config=config, ds=ds, features=features, folds=folds, train_clips=train_clips,
                         test_clips=test_clips, device=device, precision=precision,
                         folds_to_train=[fold] if fold is not None else None)
-    except KeyboardInterrupt:
-        if fold is None:
-            run.update_info(status="interrupted")
-        run.log(f"interrupted; continue with: audiotag train --resume {run.dir}" + (f" --fold {fold}" if fold is not None else ""))
-        raise
     finally:
         if marker is not None:
             marker.unlink(missing_ok=True)
