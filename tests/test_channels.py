@@ -8,6 +8,7 @@ import torch
 
 from audiotag.audio.io import load_audio
 from audiotag.config import AudioConfig, ConfigError, FeatureConfig, load_config
+from audiotag.features.cache import compute_features
 from audiotag.features.channels import FloorSubtracted, chroma_filterbank, cqt_frequencies, dct_matrix
 from audiotag.features.frontend import DB_CHANNELS, FrontEnd, channel_names
 
@@ -175,6 +176,23 @@ def test_denoised_channel_of_a_padded_batch_equals_each_clip_alone():
     frames = 1 + 7000 // 320
     np.testing.assert_allclose(together[1, :, :, :frames], alone[0], atol=1e-4)
     assert not together[1, 1, :, frames:].any()
+
+
+@pytest.mark.parametrize("channel", ["logmel", "mfcc", "chroma", "cqt", "phase", "freqpos", "denoised", "pcen"])
+def test_every_channel_is_the_same_bits_whatever_the_thread_count(channel):
+    # The cache holds one entry per content: a pool worker (one thread) and an in-process build
+    # (all cores) must write the same bits. MKL splits one long FFT differently over 2 threads.
+    y = np.random.default_rng(5).normal(0, 0.1, 10 * SR).astype(np.float32)
+    frontend = FrontEnd(AudioConfig(sample_rate=SR), FeatureConfig(channels=[channel], deltas=channel == "logmel")).eval()
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(compute_features(y, frontend))
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(*results)
 
 
 def test_waveform_frames_hold_the_samples_on_the_log_mel_grid():

@@ -51,7 +51,7 @@ from ..errors import AudiotagError, DataError, ValidationFailed
 from .frontend import FrontEnd
 
 # Bumped whenever this package computes or stores features differently for the same settings.
-FEATURE_CODE_VERSION = 3  # 3: mel band products through numpy (last-bit differences)
+FEATURE_CODE_VERSION = 4  # 3: mel band products through numpy; 4: CQT whole-clip FFTs on one thread (last bits)
 STALE_TMP_S = 3600
 ALIGN = 64  # bytes: every array starts on a cache line (and a SIMD-friendly address)
 _pack_counter = itertools.count()

@@ -25,12 +25,28 @@ CNNs, crops and augmentations handle unchanged:
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import nn
 
 EXTRA_CHANNELS = ("mfcc", "chroma", "cqt", "phase", "freqpos", "denoised", "pcen")
+
+
+@contextmanager
+def _one_thread():
+    """Run torch ops on one thread: MKL splits a single long FFT differently over several threads,
+    and a clip's cached features must be the same bits from a one-thread pool worker or in-process."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _centred_frames(waveform: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
@@ -190,17 +206,16 @@ class ConstantQ(nn.Module):
         b, n = waveform.shape
         frames_out = 1 + n // self.hop_length
         out = waveform.new_empty(b, frames_out, self.n_bins)
-        spectrum, padded = None, 0
-        if any(g[3] > 1 for g in self.groups):
+        signals = {1: waveform}
+        factors = sorted({g[3] for g in self.groups} - {1})
+        if factors:
             # zero padded to a length whose decimated versions all have only factors 2, 3 and 5
             # (fast FFTs); the padding keeps the clip's end from wrapping onto its start
-            largest = max(g[3] for g in self.groups)
-            padded = largest * next_smooth(-(-(n + n_fft_max_half(self.groups)) // largest))
-            spectrum = torch.fft.rfft(nn.functional.pad(waveform, (0, padded - n)))
-        signals = {1: waveform}
+            padded = factors[-1] * next_smooth(-(-(n + n_fft_max_half(self.groups)) // factors[-1]))
+            with _one_thread():
+                spectrum = torch.fft.rfft(nn.functional.pad(waveform, (0, padded - n)))
+                signals.update({factor: self._decimated(spectrum, padded, factor) for factor in factors})
         for g, (start, stop, n_fft, factor) in enumerate(self.groups):
-            if factor not in signals:
-                signals[factor] = self._decimated(spectrum, padded, factor)
             frames = _centred_frames(signals[factor], n_fft, self.hop_length // factor)
             if frames.shape[1] < frames_out:  # a decimated clip may round to one frame fewer
                 frames = torch.cat([frames, frames[:, -1:].expand(-1, frames_out - frames.shape[1], -1)], dim=1)
