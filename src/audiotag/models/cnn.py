@@ -130,10 +130,6 @@ class _AudioCNN(nn.Module):
         x = self.blocks(x).mean(dim=2)
         return self.recurrent(x) if self.recurrent is not None else x
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, F, T)`` features -> ``(B, D)`` clip embedding."""
-        return avg_max_pool(self.frames(x))
-
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         frames = self.frames(x)
         return {"logits": self.head(frames if self.pooling == "attention" else avg_max_pool(frames))}
