@@ -35,7 +35,12 @@ def test_inspect_real_metadata_without_audio(tmp_path):
     assert [per_clip["1"], per_clip["2"], per_clip["3"]] == [4269, 627, 69]
     assert sum(n for k, n in per_clip.items() if int(k) >= 4) == 5
     assert "examples" not in summary["images"] and "durations" not in summary["images"]
-    assert "4970" in (tmp_path / "summary.md").read_text()
+    md = (tmp_path / "summary.md").read_text()
+    assert "4970" in md
+    # the noisy set has 300 clips of every label: said once, not as a list of ties
+    assert (s["noisy"]["imbalance"]["min_count"], s["noisy"]["imbalance"]["max_count"]) == (300, 300)
+    assert "- **noisy**: every label has 300 clips." in md
+    assert "- **curated**: most frequent" in md and "least frequent Accordion (47)" in md
 
 
 def test_js_divergence_bounds():

@@ -234,9 +234,12 @@ def _markdown(summary: dict, images: dict[str, str], notes: list[str]) -> str:
     for split, s in summary["splits"].items():
         if "imbalance" in s:
             imb = s["imbalance"]
-            most = ", ".join(f"{a} ({b})" for a, b in imb["most_frequent"])
-            least = ", ".join(f"{a} ({b})" for a, b in imb["least_frequent"])
-            lines.append(f"- **{split}**: most frequent {most}; least frequent {least}.")
+            if imb["max_count"] == imb["min_count"]:  # balanced by design (FAT2019's noisy set: 300 each)
+                lines.append(f"- **{split}**: every label has {imb['max_count']} clips.")
+            else:
+                most = ", ".join(f"{a} ({b})" for a, b in imb["most_frequent"])
+                least = ", ".join(f"{a} ({b})" for a, b in imb["least_frequent"])
+                lines.append(f"- **{split}**: most frequent {most}; least frequent {least}.")
         if "duration_s" in s:
             d = s["duration_s"]
             lines.append(f"  Durations {d['min']:.2f}-{d['max']:.2f} s (median {d['median']:.2f} s).")
