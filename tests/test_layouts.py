@@ -90,6 +90,18 @@ def test_csv_oddities_are_handled_and_reported(tmp_path):
     assert codes["csv-bom"].severity == "warning"
 
 
+def test_a_repeated_row_is_reported_with_its_own_label_problems(tmp_path):
+    # every problem in one pass: the repeat of a.wav is one, and so is its unknown label and empty field
+    (tmp_path / "train_curated.csv").write_text("fname,labels\na.wav,dog\nb.wav,cat\na.wav,dgo\nb.wav,\n")
+    (tmp_path / "vocabulary.csv").write_text("0,dog\n1,cat\n")
+    ds = load_dataset(tmp_path, audio=False)
+    assert [(c.fname, c.labels) for c in ds.clips] == [("a.wav", ("dog",)), ("b.wav", ("cat",))]
+    found = sorted((p.row, p.code) for p in ds.problems)
+    assert found == [(4, "duplicate-fname"), (4, "unknown-label"), (5, "duplicate-fname"), (5, "empty-labels")]
+    unknown = next(p for p in ds.problems if p.code == "unknown-label")
+    assert "'dgo'" in unknown.message and unknown.hint == "did you mean 'dog'?"
+
+
 def test_missing_header_non_utf8_and_empty_files(tmp_path):
     (tmp_path / "train_curated.csv").write_text("a.wav,dog\nb.wav,cat\n")
     with pytest.raises(DataError, match="looks like data, not a header"):

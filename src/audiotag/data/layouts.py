@@ -63,7 +63,9 @@ def _parse_labels(text: str, *, sep: str, split: str, fname: str, source: str, r
 def _read_clip_table(path: Path, *, split: str, audio_dir: Path | None, problems: list[Problem],
                      file_col: str | None = None, label_col: str | None = None, fold_col: str | None = None,
                      label_sep: str = ",", labels_required: bool = True, labels_optional: bool = False,
-                     fold_subdirs: bool = False) -> list[Clip]:
+                     fold_subdirs: bool = False, duplicates: list[Clip] | None = None) -> list[Clip]:
+    """The table's clips. A repeated file name is a problem and its row is not a clip, but its
+    labels are still parsed and, with ``duplicates``, returned there so they can be checked too."""
     table = read_table(path, problems, expect=("fname", "labels"))
     fcol = resolve_column(table.columns, file_col, FILE_COLUMNS, what="file names", path=path)
     lcol = resolve_column(table.columns, label_col, LABEL_COLUMNS, what="labels", path=path,
@@ -81,6 +83,10 @@ def _read_clip_table(path: Path, *, split: str, audio_dir: Path | None, problems
             problems.append(Problem("duplicate-fname", f"{fname} appears again (first at line {first_row[fname]})",
                                     split=split, fname=fname, source=path.name, row=line,
                                     hint="keep one row per file (merge their labels if both are right)"))
+            labels = _parse_labels(row[lcol] if lcol else "", sep=label_sep, split=split, fname=fname,
+                                   source=path.name, row=line, problems=problems, required=labels_required)
+            if duplicates is not None:
+                duplicates.append(Clip(fname=fname, split=split, path=None, labels=labels, source=path.name, row=line))
             continue
         first_row[fname] = line
         labels = _parse_labels(row[lcol] if lcol else "", sep=label_sep, split=split, fname=fname, source=path.name,
@@ -159,6 +165,7 @@ def load_kaggle(root: Path, *, audio: bool = True) -> Dataset:
     vocabulary = vocabulary or header_vocab
 
     clips: list[Clip] = []
+    duplicates: list[Clip] = []
     audio_dirs: dict[str, Path] = {}
     for split in ("curated", "noisy"):
         csv_path, folder = root / f"train_{split}.csv", root / f"train_{split}"
@@ -169,7 +176,7 @@ def load_kaggle(root: Path, *, audio: bool = True) -> Dataset:
                                     hint=f"put the audio in {folder}, or run with --no-audio for CSV-only work",
                                     source=csv_path.name))
         clips += _read_clip_table(csv_path, split=split, audio_dir=folder if audio else None, problems=problems,
-                                  file_col="fname", label_col="labels")
+                                  file_col="fname", label_col="labels", duplicates=duplicates)
         if audio and folder.is_dir():
             audio_dirs[split] = folder
     if audio and test_dir.is_dir():
@@ -206,7 +213,7 @@ def load_kaggle(root: Path, *, audio: bool = True) -> Dataset:
         problems.append(Problem("no-vocabulary", "neither vocabulary.csv nor sample_submission.csv is present; the "
                                 f"vocabulary is the {len(vocabulary)} labels seen in the training CSVs",
                                 severity="warning", hint="add vocabulary.csv to fix the label order"))
-    _check_vocabulary(clips, vocabulary, problems)
+    _check_vocabulary(clips + duplicates, vocabulary, problems)
     if not clips:
         raise DataError(f"{root}: no clips found in train_curated.csv, train_noisy.csv or sample_submission.csv")
     return Dataset(root=root, layout="kaggle", vocabulary=vocabulary, clips=clips, problems=problems,
@@ -222,12 +229,13 @@ def load_csv(csv_path: Path, audio_dir: Path, *, file_col: str | None = None, la
     problems: list[Problem] = []
     if audio and not audio_dir.is_dir():
         raise DataError(f"audio folder {audio_dir} does not exist", hint="pass the folder holding the files with --audio-dir")
+    duplicates: list[Clip] = []
     clips = _read_clip_table(csv_path, split="curated", audio_dir=audio_dir if audio else None, problems=problems,
                              file_col=file_col, label_col=label_col, fold_col=fold_col, label_sep=label_sep,
-                             fold_subdirs=True)
+                             fold_subdirs=True, duplicates=duplicates)
     if vocabulary is not None:
         vocab = read_vocabulary(vocabulary, problems)
-        _check_vocabulary(clips, vocab, problems)
+        _check_vocabulary(clips + duplicates, vocab, problems)
     else:
         vocab = tuple(sorted({label for c in clips for label in c.labels}))
     if not clips:
