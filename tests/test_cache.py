@@ -166,3 +166,11 @@ def test_two_processes_building_one_cache_at_once(demo_data, cache_dir):
         y, _ = load_audio(clip.path, sample_rate=16000)
         expected = frontend(torch.from_numpy(y)[None])[0].numpy().astype(np.float16)
         np.testing.assert_array_equal(built.load(clip), expected)
+
+
+def test_a_cache_folder_that_cannot_be_made_is_named_with_what_to_do(demo_data, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(AudiotagError) as info:
+        build_features(load_dataset(demo_data), Config(), cache_dir=tmp_path / "a-file" / "cache", progress=False)
+    assert "cannot create the feature cache in" in info.value.message and "a-file" in info.value.message
+    assert "--cache-dir" in info.value.hint

@@ -54,6 +54,7 @@ from .frontend import FrontEnd
 FEATURE_CODE_VERSION = 4  # 3: mel band products through numpy; 4: CQT whole-clip FFTs on one thread (last bits)
 STALE_TMP_S = 3600
 ALIGN = 64  # bytes: every array starts on a cache line (and a SIMD-friendly address)
+CACHE_DIR_HINT = "the cache folder must be writable; choose another with --cache-dir or AUDIOTAG_CACHE"
 _pack_counter = itertools.count()
 
 
@@ -112,9 +113,7 @@ class FeatureStore:
             db.execute("CREATE TABLE IF NOT EXISTS entries (digest TEXT PRIMARY KEY, pack TEXT, offset INTEGER, "
                        "shape TEXT, dtype TEXT)")
         except (OSError, sqlite3.Error) as e:
-            raise DataError(f"cannot open the feature index {path}: {e}",
-                            hint="the cache folder must be writable; choose another with --cache-dir or "
-                                 "AUDIOTAG_CACHE") from None
+            raise DataError(f"cannot open the feature index {path}: {e}", hint=CACHE_DIR_HINT) from None
         return db
 
     @contextmanager
@@ -136,9 +135,13 @@ class FeatureStore:
     def ensure(self) -> None:
         meta = self.dir / "meta.json"
         if not meta.exists():
-            fsutil.write_text(meta, json.dumps({
-                "key": self.key, "audio": dataclasses.asdict(self.audio), "features": dataclasses.asdict(self.features),
-                "code_version": FEATURE_CODE_VERSION, "versions": library_versions()}, indent=2))
+            try:
+                fsutil.write_text(meta, json.dumps({
+                    "key": self.key, "audio": dataclasses.asdict(self.audio), "features": dataclasses.asdict(self.features),
+                    "code_version": FEATURE_CODE_VERSION, "versions": library_versions()}, indent=2))
+            except AudiotagError as e:
+                raise DataError(f"cannot create the feature cache in {self.cache_dir}: {e.message}",
+                                hint=CACHE_DIR_HINT) from None
         now = time.time()
         files = list(self.packs.glob("*")) if self.packs.is_dir() else []
         self.refresh()  # after listing: a pack indexed in between is in the index
