@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,6 +169,15 @@ def test_cli_train_predict_score_tag_runs(demo_data, tmp_path, capsys, monkeypat
     wav = next((demo_data / "test").glob("*.wav"))
     assert cli.main(["tag", "--run", "runs/r", str(wav), "--top", "2"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    # a folder stands for its audio files; a bad file is reported and the others are still tagged
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "a.wav").write_bytes(wav.read_bytes())
+    (tmp_path / "mixed" / "notes.txt").write_text("not audio, not listed")
+    (tmp_path / "broken.wav").write_bytes(wav.read_bytes()[:1000])
+    assert cli.main(["tag", "--run", "runs/r", "mixed", "broken.wav", "--top", "2"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == str(Path("mixed") / "a.wav") and len(captured.out.splitlines()) == 3
+    assert "broken.wav: truncated WAV" in captured.err and "1 of 2 files could not be tagged" in captured.err
     assert cli.main(["runs"]) == 0
     assert "runs/r" in capsys.readouterr().out
 

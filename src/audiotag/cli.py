@@ -301,11 +301,19 @@ def cmd_audit(args) -> int:
 def cmd_tag(args) -> int:
     from .pipeline.submit import tag_files
 
-    for item in tag_files(args.run, args.files, top=args.top, device=args.device or "auto"):
+    items = tag_files(args.run, args.files, top=args.top, device=args.device or "auto")
+    for item in items:
+        if "error" in item:
+            print(f"{item['file']}: {item['error']}" + (f"\n  hint: {item['hint']}" if item["hint"] else ""),
+                  file=sys.stderr)
+            continue
         print(item["file"])
         for label, p in item["tags"]:
             print(f"  {p:6.3f}  {label}")
-    return 0
+    failed = sum("error" in item for item in items)
+    if failed:
+        print(f"{failed} of {len(items)} files could not be tagged", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_config(args) -> int:
@@ -574,8 +582,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_audit)
 
     p = _sub(subs, "tag", "print the top tags of audio files",
-             "Decode each file, compute its features and print the labels the run's fold models rate highest.",
-             "audiotag tag --run runs/baseline dog_bark.wav street.flac --top 3")
+             "Decode each file, compute its features and print the labels the run's fold models rate highest. "
+             "A folder stands for the audio files under it. Files that cannot be decoded are reported and "
+             "skipped; the exit status is then 1.",
+             "audiotag tag --run runs/baseline dog_bark.wav street.flac recordings/ --top 3")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
     p.add_argument("--top", type=int, default=5, metavar="N")

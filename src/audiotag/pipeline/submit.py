@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from ..audio.io import load_audio
+from ..data.layouts import audio_files_under
 from ..audio.inventory import default_cache_dir
-from ..errors import AudiotagError, DataError
+from ..errors import AudioError, AudiotagError, DataError
 from ..features.cache import build_features, compute_features
 from ..features.frontend import FrontEnd
 from ..engine.precision import inference_precision, resolve_device
@@ -168,23 +169,38 @@ def score_submission(submission: str | Path, truth: str | Path, *, vocabulary: s
 
 
 def tag_files(run_dir: str | Path, files: list[str | Path], *, top: int = 5, device: str = "auto") -> list[dict]:
-    """The ``top`` labels of each audio file, with fold-averaged probabilities."""
+    """The ``top`` labels of each audio file (a folder stands for the audio files under it), with
+    fold-averaged probabilities: ``{"file", "tags"}``, or ``{"file", "error", "hint"}`` for a file
+    that cannot be used, so one bad file does not stop the others."""
     run = Run.open(run_dir)
     config = run.config
-    device = resolve_device(device)
-    models = load_models(run, device=device)
-    vocabulary = _run_vocabulary(run)
+    paths = []
+    for item in map(Path, files):
+        if item.is_dir():
+            found = audio_files_under(item)
+            if not found:
+                raise DataError(f"{item} holds no audio files", hint="pass audio files, or a folder that has some")
+            paths += found
+        else:
+            paths.append(item)
     frontend = FrontEnd(config.audio, config.features).eval()
-    arrays = []
-    for path in files:
-        y, _ = load_audio(path, sample_rate=config.audio.sample_rate, quality=config.audio.resample_quality,
-                          trim_top_db=config.audio.trim_top_db if config.audio.trim_silence else None)
+    arrays, out = [], []
+    for path in paths:
+        try:
+            y, _ = load_audio(path, sample_rate=config.audio.sample_rate, quality=config.audio.resample_quality,
+                              trim_top_db=config.audio.trim_top_db if config.audio.trim_silence else None)
+        except AudioError as e:
+            out.append({"file": str(path), "error": e.detail, "hint": e.hint or ""})
+            continue
         arrays.append(compute_features(y, frontend))
-    probs, _ = predict_models(models, ClipBank(arrays), inference_spec(config), device=device,
-                              precision=inference_precision(run.info.get("precision", "fp32"), device),
-                              fold_mean=config.predict.fold_mean)
-    out = []
-    for path, p in zip(files, probs):
-        best = np.argsort(-p, kind="stable")[:top]
-        out.append({"file": str(path), "tags": [(vocabulary[i], float(p[i])) for i in best]})
+        out.append({"file": str(path)})
+    if arrays:
+        device = resolve_device(device)
+        probs, _ = predict_models(load_models(run, device=device), ClipBank(arrays), inference_spec(config),
+                                  device=device, precision=inference_precision(run.info.get("precision", "fp32"), device),
+                                  fold_mean=config.predict.fold_mean)
+        vocabulary = _run_vocabulary(run)
+        for item, p in zip((item for item in out if "error" not in item), probs):
+            best = np.argsort(-p, kind="stable")[:top]
+            item["tags"] = [(vocabulary[i], float(p[i])) for i in best]
     return out
