@@ -127,8 +127,13 @@ def test_missing_folders_and_paths(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(DataError, match="is a file"):
         load_dataset(tmp_path / "x.txt")
-    with pytest.raises(DataError, match="cannot tell the layout"):
+    with pytest.raises(DataError, match="cannot tell the layout") as info:
         load_dataset(tmp_path)
+    assert "audiotag tag" not in info.value.hint
+    write_wav(tmp_path / "clip.wav")  # a flat folder of audio: no labels, but it can be tagged
+    with pytest.raises(DataError, match="cannot tell the layout") as info:
+        load_dataset(tmp_path)
+    assert f"audiotag tag --run RUN {tmp_path}" in info.value.hint
 
 
 @pytest.mark.parametrize("name, safe", [

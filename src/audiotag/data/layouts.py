@@ -322,9 +322,11 @@ def load_dataset(root: str | Path | None = None, *, csv: str | Path | None = Non
                         vocabulary=Path(vocabulary) if vocabulary else None, audio=audio)
     if any(p.is_dir() for p in root.iterdir()):
         return load_folder(root)
-    raise DataError(f"cannot tell the layout of {root}",
-                    hint="expected the Kaggle files (train_curated.csv ...), a CSV naming files and labels, "
-                         "or one sub-folder per class; or pass --csv FILE --audio-dir DIR")
+    hint = ("expected the Kaggle files (train_curated.csv ...), a CSV naming files and labels, "
+            "or one sub-folder per class; or pass --csv FILE --audio-dir DIR")
+    if any(p.suffix.lower() in AUDIO_LIKE for p in root.iterdir()):
+        hint += f"; to tag a folder of unlabelled audio with a trained run: audiotag tag --run RUN {root}"
+    raise DataError(f"cannot tell the layout of {root}", hint=hint)
 
 
 def audio_files_under(folder: Path) -> list[Path]:
