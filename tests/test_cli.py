@@ -36,18 +36,23 @@ def test_check_exit_status_and_messages(demo_copy, tmp_path, capsys):
     out = capsys.readouterr().out
     assert victim.name in out and "empty" in out and victim.name in report.read_text()
     assert cli.main(["check", str(demo_copy), *cache, "--skip-bad"]) == 0
-    assert "without the 1 bad clips" in capsys.readouterr().out
+    assert "without the 1 bad file\n" in capsys.readouterr().out
 
 
 def test_features_with_skip_bad_lists_what_it_left_out(demo_copy, tmp_path, capsys):
     victim = next((demo_copy / "train_curated").glob("*.wav"))
     victim.write_text("not audio")
+    with open(demo_copy / "train_curated.csv", "a") as f:  # and a second row for it, with a label nobody knows
+        f.write(f"{victim.name},no_such_label\n")
     args = ["features", str(demo_copy), "--cache-dir", str(tmp_path / "c"), "-q"]
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert "audiotag: error:" in err and victim.name in err and "Traceback" not in err
     assert cli.main(args + ["--skip-bad"]) == 0
-    assert f"curated/{victim.name}: unreadable" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # one line per file, naming all of its problems
+    assert "skipped 1 bad file (--skip-bad):" in out
+    assert f"curated/{victim.name}: duplicate-fname, unknown-label, unreadable" in out
 
 
 def test_user_errors_are_one_clear_message(tmp_path, capsys):

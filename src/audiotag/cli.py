@@ -85,12 +85,16 @@ def _config(args):
 
 
 def _print_skipped(skipped) -> None:
-    if skipped:
-        print(f"skipped {len(skipped)} bad clips (--skip-bad):")
-        for p in skipped[:20]:
-            print(f"  {p.split}/{p.fname}: {p.code}")
-        if len(skipped) > 20:
-            print(f"  ... and {len(skipped) - 20} more")
+    """One line per file left out, with all of its problems (a file can have several)."""
+    codes: dict[tuple[str, str], list[str]] = {}
+    for p in skipped:
+        codes.setdefault((p.split, p.fname), []).append(p.code)
+    if codes:
+        print(f"skipped {len(codes)} bad file{'s' if len(codes) != 1 else ''} (--skip-bad):")
+        for (split, fname), found in list(codes.items())[:20]:
+            print(f"  {split}/{fname}: {', '.join(dict.fromkeys(found))}")
+        if len(codes) > 20:
+            print(f"  ... and {len(codes) - 20} more")
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -114,7 +118,8 @@ def cmd_check(args) -> int:
     if report.ok():
         return 0
     if report.ok(skip_bad=args.skip_bad):
-        print(f"--skip-bad: later stages will proceed without the {len(report.bad_clips)} bad clips")
+        n = len(report.bad_clips)
+        print(f"--skip-bad: later stages will proceed without the {n} bad file{'s' if n != 1 else ''}")
         return 0
     return EXIT_PROBLEMS
 

@@ -69,7 +69,7 @@ class CheckReport:
             text += f"{len(self.errors)} errors (" + ", ".join(f"{n} {c}" for c, n in by_code.most_common()) + ")"
             bad = len(self.bad_clips)
             if bad:
-                text += f"; --skip-bad would leave out {bad} clips"
+                text += f"; --skip-bad would leave out {bad} file{'s' if bad != 1 else ''}"
         if self.warnings:
             text += f"; {len(self.warnings)} warnings"
         return text + ("" if self.audio_checked else " (audio not checked)")

@@ -50,7 +50,8 @@ def _prepare(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, progr
     ds = features.dataset
     run.write_skipped(ds.skipped)
     if ds.skipped:
-        run.log(f"skipped {len(ds.skipped)} bad clips (--skip-bad); listed in {run.dir / 'skipped.csv'}")
+        files = len({(p.split, p.fname) for p in ds.skipped})
+        run.log(f"skipped {files} bad files (--skip-bad); their problems are listed in {run.dir / 'skipped.csv'}")
     return ds, features
 
 
