@@ -163,7 +163,7 @@ Settings: {settings}; {versions}. `MALLOC_MMAP_MAX_={os.environ.get('MALLOC_MMAP
 |---|---:|---|---:|---:|
 | cold cache build: validation, hashing, decode, log-mel, cache write, worker start | {r['ours_end_to_end_clips_per_s']:.0f} | `feature.melspectrogram` + `power_to_db` | {r['librosa_compute_clips_per_s']:.0f} | **{r['build_vs_librosa_compute_ratio']:.1f}x** |
 | same | {r['ours_end_to_end_clips_per_s']:.0f} | decode + `melspectrogram` + `power_to_db` | {r['librosa_end_to_end_clips_per_s']:.0f} | {r['end_to_end_ratio']:.1f}x |
-| front-end only, one clip per call, one process | {r['ours_compute_clips_per_s']:.0f} | `melspectrogram` + `power_to_db` | {r['librosa_compute_clips_per_s']:.0f} | {r['compute_ratio']:.1f}x |
+| front-end only, one clip per call, one thread | {r['ours_compute_clips_per_s']:.0f} | `melspectrogram` + `power_to_db` | {r['librosa_compute_clips_per_s']:.0f} | {r['compute_ratio']:.1f}x |
 
 audiotag builds the cache cold into a fresh folder with one worker process per core (one thread
 each); librosa runs clip by clip in one process, the usual notebook loop, after a warm-up call so

@@ -25,28 +25,12 @@ CNNs, crops and augmentations handle unchanged:
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import nn
 
 EXTRA_CHANNELS = ("mfcc", "chroma", "cqt", "phase", "freqpos", "denoised", "pcen")
-
-
-@contextmanager
-def _one_thread():
-    """Run torch ops on one thread: MKL splits a single long FFT differently over several threads,
-    and a clip's cached features must be the same bits from a one-thread pool worker or in-process."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _centred_frames(waveform: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
@@ -212,9 +196,8 @@ class ConstantQ(nn.Module):
             # zero padded to a length whose decimated versions all have only factors 2, 3 and 5
             # (fast FFTs); the padding keeps the clip's end from wrapping onto its start
             padded = factors[-1] * next_smooth(-(-(n + n_fft_max_half(self.groups)) // factors[-1]))
-            with _one_thread():
-                spectrum = torch.fft.rfft(nn.functional.pad(waveform, (0, padded - n)))
-                signals.update({factor: self._decimated(spectrum, padded, factor) for factor in factors})
+            spectrum = torch.fft.rfft(nn.functional.pad(waveform, (0, padded - n)))
+            signals.update({factor: self._decimated(spectrum, padded, factor) for factor in factors})
         for g, (start, stop, n_fft, factor) in enumerate(self.groups):
             frames = _centred_frames(signals[factor], n_fft, self.hop_length // factor)
             if frames.shape[1] < frames_out:  # a decimated clip may round to one frame fewer
