@@ -121,10 +121,14 @@ def test_numpy_and_torch_band_products_agree(sr, changes):
 def test_long_clips_are_processed_in_bounded_chunks_with_the_same_result(batch):
     m = LogMel(sample_rate=16000, n_fft=1024, hop_length=320, n_mels=64)
     y = torch.from_numpy(np.random.default_rng(2).uniform(-0.5, 0.5, (batch, 16000 * 30)).astype(np.float32))
+    assert m.chunk_frames == 256  # 1 MiB of frames
+    chunked = m(y)
+    torch.testing.assert_close(chunked[-1:], m(y[-1:]))  # a clip in a batch is computed as alone
+    m.chunk_frames = 10**6
     whole = m(y)
-    torch.testing.assert_close(whole[-1:], m(y[-1:]))  # a clip in a batch is computed as alone
-    m.CHUNK_FRAMES = 100  # chunk edges fall both inside the clip and on its padded ends
-    torch.testing.assert_close(m(y), whole)  # equal up to the FFT's rounding, which depends on batch size
+    m.chunk_frames = 100  # chunk edges fall both inside the clip and on its padded ends
+    for result in (chunked, m(y)):
+        torch.testing.assert_close(result, whole)  # equal up to the FFT's rounding, which depends on batch size
 
 
 def test_frontend_has_no_learnable_or_saved_state():
