@@ -10,6 +10,10 @@ The Python API mirrors the command line::
 
 __version__ = "0.1.0"
 
+from . import mkl  # noqa: E402
+
+mkl.unlock()  # before any MKL call: see mkl.py
+
 from .config import Config, load_config  # noqa: E402
 from .data.check import check_dataset, validate  # noqa: E402
 from .data.layouts import load_dataset  # noqa: E402

@@ -41,7 +41,7 @@ import soundfile
 import soxr
 import torch
 
-from .. import fsutil
+from .. import fsutil, mkl
 from ..audio.inventory import AudioVerdict, FileStat, default_cache_dir, examine
 from ..audio.io import prepare_waveform
 from ..config import AudioConfig, Config, FeatureConfig
@@ -51,7 +51,8 @@ from ..errors import AudiotagError, DataError, ValidationFailed
 from .frontend import FrontEnd
 
 # Bumped whenever this package computes or stores features differently for the same settings.
-FEATURE_CODE_VERSION = 4  # 3: mel band products through numpy; 4: features always on one torch thread (the CQT's last bits)
+FEATURE_CODE_VERSION = 5  # 3: mel band products through numpy; 4: features always on one torch thread (the CQT's last bits);
+# 5: frames transformed 1 MiB at a time
 STALE_TMP_S = 3600
 ALIGN = 64  # bytes: every array starts on a cache line (and a SIMD-friendly address)
 CACHE_DIR_HINT = "the cache folder must be writable; choose another with --cache-dir or AUDIOTAG_CACHE"
@@ -59,8 +60,10 @@ _pack_counter = itertools.count()
 
 
 def library_versions() -> dict[str, str]:
+    """The libraries behind the features, and how MKL picks its kernels (the paths round differently)."""
     return {"torch": torch.__version__.split("+")[0], "numpy": np.__version__, "soxr": soxr.__version__,
-            "soundfile": soundfile.__version__, "libsndfile": soundfile.__libsndfile_version__}
+            "soundfile": soundfile.__version__, "libsndfile": soundfile.__libsndfile_version__,
+            "mkl_dispatch": mkl.dispatch()}
 
 
 def feature_key(audio: AudioConfig, features: FeatureConfig) -> str:

@@ -1,0 +1,86 @@
+"""MKL's kernel choice on AMD CPUs (audiotag/mkl.py). Each case runs in a fresh interpreter: the
+switch only works before MKL's first call in a process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from audiotag import mkl
+from audiotag.config import AudioConfig, FeatureConfig
+from audiotag.features.cache import feature_key
+
+PROBE = """
+import ctypes, json, sys
+from pathlib import Path
+import numpy as np
+import torch
+if "--mkl-first" in sys.argv:
+    torch.ones(8, 8) @ torch.ones(8, 8)
+import audiotag
+from audiotag import mkl
+lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+x = np.random.default_rng(0).standard_normal((300, 1024)).astype(np.float32)
+a = np.random.default_rng(1).standard_normal((257, 300)).astype(np.float32)
+spec = torch.fft.rfft(torch.from_numpy(x)).numpy()
+product = (torch.from_numpy(a) @ torch.from_numpy(x)).numpy()
+fft_error = float(np.abs(spec - np.fft.rfft(x.astype(np.float64))).max() / np.abs(spec).max())
+matmul_error = float(np.abs(product - a.astype(np.float64) @ x).max() / np.abs(product).max())
+print(json.dumps({"dispatch": mkl.dispatch(), "why": mkl.explanation(), "answer": lib.mkl_serv_intel_cpu_true(),
+                  "fft_error": fft_error, "matmul_error": matmul_error}))
+"""
+
+
+def probe(*args: str, **env: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, **env}, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def amd_with_avx2() -> bool:
+    vendor, flags = mkl._cpu_flags()
+    return vendor == "AuthenticAMD" and "avx2" in flags and sys.platform.startswith("linux")
+
+
+needs_mkl = pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch without MKL")
+
+
+@needs_mkl
+def test_on_import_mkl_chooses_by_instruction_set_on_amd_and_is_left_alone_elsewhere():
+    result = probe()
+    if amd_with_avx2():
+        assert (result["dispatch"], result["answer"]) == ("by-isa", 1), result["why"]
+    else:
+        assert result["dispatch"] == "by-vendor" and result["why"].startswith(("CPU vendor", "the CPU has no"))
+    # Whichever kernels MKL runs, they compute the transform and the product (float32 rounding).
+    assert result["fft_error"] < 1e-5 and result["matmul_error"] < 1e-5
+
+
+@needs_mkl
+def test_the_switch_can_be_turned_off():
+    result = probe(**{mkl.ENV: "off"})
+    assert result["dispatch"] == "by-vendor" and result["why"] == f"{mkl.ENV}=off"
+    if amd_with_avx2():
+        assert result["answer"] == 0  # MKL's own answer: not an Intel CPU
+
+
+@needs_mkl
+@pytest.mark.skipif(not amd_with_avx2(), reason="only AMD CPUs are switched")
+def test_mkl_used_before_import_keeps_its_choice():
+    # Kernels chosen before the switch stay chosen: switching then would mix code paths.
+    result = probe("--mkl-first")
+    assert result == {**result, "dispatch": "by-vendor", "answer": 0}
+    assert "already in use" in result["why"]
+
+
+def test_the_feature_cache_keeps_the_two_code_paths_apart(monkeypatch):
+    # They round differently in the last bits: entries of one are not served for the other.
+    monkeypatch.setattr(mkl, "_state", "by-vendor")
+    vendor_key = feature_key(AudioConfig(), FeatureConfig())
+    monkeypatch.setattr(mkl, "_state", "by-isa")
+    assert feature_key(AudioConfig(), FeatureConfig()) != vendor_key
