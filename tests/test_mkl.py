@@ -37,8 +37,9 @@ print(json.dumps({"dispatch": mkl.dispatch(), "why": mkl.explanation(), "answer"
 
 
 def probe(*args: str, **env: str) -> dict:
+    inherited = {k: v for k, v in os.environ.items() if k != mkl.ENV}  # a user's opt-out must not decide the test
     out = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, **env}, check=True)
+                         env={**inherited, **env}, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
