@@ -5,9 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 
