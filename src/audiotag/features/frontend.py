@@ -116,6 +116,12 @@ class LogMel(nn.Module):
         # (n_bins, n_mels), and the same with each row repeated for the real and imaginary part.
         self.register_buffer("mel_t", torch.from_numpy(weights.T.copy()), persistent=False)
         self.register_buffer("mel_t2", torch.from_numpy(np.repeat(weights.T, 2, axis=0)), persistent=False)
+        # The numpy products' operands, sliced once: (mel columns, spectrum columns, weights).
+        scale = 2 if power == 2.0 else 1
+        weights_t = np.repeat(weights.T, scale, axis=0)
+        self.numpy_blocks = [(slice(start, stop), slice(scale * lo, scale * hi),
+                              np.ascontiguousarray(weights_t[scale * lo : scale * hi, start:stop]))
+                             for start, stop, lo, hi in self.numpy_bands]
 
     def n_frames(self, n_samples: int) -> int:
         return 1 + n_samples // self.hop_length
@@ -132,9 +138,14 @@ class LogMel(nn.Module):
         b, n = waveform.shape
         t = self.n_frames(n)
         out = waveform.new_empty(b, t, self.n_mels)
+        out_np = out.numpy() if self.numpy_products(waveform) else None
         for i in range(0, t, self.chunk_frames):
             stop = min(t, i + self.chunk_frames)
-            self._power_mel_chunk(self._windowed_frames(waveform, i, stop), out[:, i:stop])
+            frames = self._windowed_frames(waveform, i, stop)
+            if out_np is not None:
+                self._power_mel_chunk_numpy(frames, out_np[:, i:stop])
+            else:
+                self._power_mel_chunk(frames, out[:, i:stop])
         return out
 
     def _windowed_frames(self, waveform: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -155,10 +166,25 @@ class LogMel(nn.Module):
             torch.mul(segment.unfold(-1, self.n_fft, hop), self.window, out=frames[:, a - start : b - start])
         return frames
 
-    def numpy_products(self, parts: torch.Tensor) -> bool:
-        """Whether the band products of ``parts`` go through numpy: always on the CPU, whatever the
-        thread count, so a clip's cached features are the same bits from a worker pool or in-process."""
-        return self.NUMPY_ON_CPU and parts.device.type == "cpu" and parts.dtype == torch.float32
+    def numpy_products(self, x: torch.Tensor) -> bool:
+        """Whether the band products for ``x`` (waveform or spectrum) go through numpy: always on the
+        CPU, whatever the thread count, so a clip's cached features are the same bits from a worker
+        pool or in-process."""
+        return self.NUMPY_ON_CPU and x.device.type == "cpu" and x.dtype == torch.float32
+
+    def _power_mel_chunk_numpy(self, frames: torch.Tensor, out: np.ndarray) -> None:
+        # Squares and products on numpy views: a numpy call costs ~1 us against torch's ~4, and a
+        # 10 s clip makes ~40 of them (its log-mel took ~0.05 of 0.42 ms less this way).
+        b, t, _ = frames.shape
+        spec = torch.fft.rfft(frames)  # (B, t, n_bins) complex
+        if self.power == 2.0:
+            parts = torch.view_as_real(spec).numpy().reshape(b, t, -1)  # (B, t, 2 * n_bins): re, im, re, im, ...
+            np.square(parts, out=parts)
+        else:
+            parts = spec.abs().pow_(self.power).numpy()
+        for row in range(b):  # one clip at a time: a batched product cannot write into a slice
+            for columns, bins, weights in self.numpy_blocks:
+                np.matmul(parts[row, :, bins], weights, out=out[row, :, columns])
 
     def _power_mel_chunk(self, frames: torch.Tensor, out: torch.Tensor) -> None:
         b, t, _ = frames.shape
@@ -170,14 +196,6 @@ class LogMel(nn.Module):
         else:
             parts = spec.abs().pow_(self.power)
             weights, scale = self.mel_t, 1
-        # One clip at a time: a batched product cannot write into a slice of a chunk.
-        if self.numpy_products(parts):
-            parts_np, weights_np, out_np = parts.numpy(), weights.numpy(), out.numpy()  # views, no copies
-            for row in range(b):
-                for start, stop, lo, hi in self.numpy_bands:
-                    np.matmul(parts_np[row, :, scale * lo : scale * hi], weights_np[scale * lo : scale * hi, start:stop],
-                              out=out_np[row, :, start:stop])
-            return
         for row in range(b):
             for start, stop, lo, hi in self.bands:
                 torch.matmul(parts[row, :, scale * lo : scale * hi], weights[scale * lo : scale * hi, start:stop],
