@@ -1,4 +1,5 @@
 import csv
+import os
 import shutil
 
 import numpy as np
@@ -119,3 +120,57 @@ def test_read_ahead_is_only_a_hint(tmp_path):
     assert clip.read_bytes() == b"RIFF"
     fsutil.read_ahead(tmp_path / "gone.wav")  # vanished since it was listed: the worker reports it, not this
     fsutil.read_ahead(tmp_path)  # not a regular file
+
+
+def filesystem_of(path) -> str:
+    """The type of the filesystem holding ``path`` (Linux), from the longest matching mount point."""
+    best, kind = "", ""
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            _, point, fstype = line.split()[:3]
+            if str(path).startswith(point.rstrip("/") + "/") and len(point) > len(best):
+                best, kind = point, fstype
+    return kind
+
+
+def test_page_cache_probe_tells_cached_from_evicted_files(tmp_path):
+    from audiotag import fsutil
+
+    clip = tmp_path / "a.wav"
+    clip.write_bytes(bytes(range(256)) * 64)
+    assert fsutil.in_page_cache(tmp_path / "gone.wav", 0) is None
+    if not hasattr(os, "RWF_NOWAIT"):
+        assert fsutil.in_page_cache(clip, 100) is None
+        return
+    clip.read_bytes()
+    found = fsutil.in_page_cache(clip, clip.stat().st_size - 1)
+    if found is None:
+        pytest.skip("this filesystem has no non-blocking reads")
+    assert found is True
+    fd = os.open(clip, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages stay in memory
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    if filesystem_of(clip) in ("tmpfs", "ramfs", "overlay"):
+        pytest.skip("this filesystem keeps files in memory")
+    assert fsutil.in_page_cache(clip, 0) is False
+    assert fsutil.in_page_cache(clip, clip.stat().st_size - 1) is False
+    clip.read_bytes()
+    assert fsutil.in_page_cache(clip, 0) is True
+
+
+def test_read_ahead_hints_only_while_probed_files_are_not_cached(monkeypatch):
+    from audiotag import fsutil
+
+    cached = {0: True, 32: False, 64: None, 96: True}  # probe results at files 0, 32, 64, 96
+    probed, hinted = [], []
+    monkeypatch.setattr(fsutil, "in_page_cache", lambda path, offset: probed.append((path, offset)) or cached[path])
+    monkeypatch.setattr(fsutil, "read_ahead", hinted.append)
+    read_ahead = fsutil.ReadAhead(probe_every=32)
+    for i in range(120):
+        read_ahead(i, 1000)
+    assert probed == [(0, 999), (32, 999), (64, 999), (96, 999)]  # the last byte of every 32nd file
+    assert hinted == list(range(32, 96))  # cached: no hints; not cached or cannot tell: hints
+

@@ -117,6 +117,47 @@ def read_ahead(path: str | Path) -> None:
         os.close(fd)
 
 
+def in_page_cache(path: str | Path, offset: int) -> bool | None:
+    """Whether the byte at ``offset`` of ``path`` is in memory (a read that may not wait for the
+    disk); None where that cannot be told."""
+    if not hasattr(os, "RWF_NOWAIT"):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.preadv(fd, [bytearray(1)], max(offset, 0), os.RWF_NOWAIT) == 1
+    except BlockingIOError:
+        return False
+    except OSError:  # e.g. a filesystem without non-blocking reads
+        return None
+    finally:
+        os.close(fd)
+
+
+class ReadAhead:
+    """:func:`read_ahead` for a stream of files, skipped while they are already in memory.
+
+    From a cold disk the hints made a cache build 20-35% faster (839 against 1012-1153 clips/s),
+    but each costs ~15 us of the process that feeds the workers, 2-5% of a build whose files are
+    cached. Every ``probe_every``-th file is probed (the last byte, which the kernel's sequential
+    read-ahead fetches last), and the hints follow what the latest probe found.
+    """
+
+    def __init__(self, probe_every: int = 32):
+        self.probe_every = probe_every
+        self.hinting = True
+        self._seen = 0
+
+    def __call__(self, path: str | Path, size: int) -> None:
+        if self._seen % self.probe_every == 0:
+            self.hinting = in_page_cache(path, size - 1) is not True
+        self._seen += 1
+        if self.hinting:
+            read_ahead(path)
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

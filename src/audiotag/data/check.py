@@ -159,6 +159,7 @@ def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = N
         def pending() -> Iterator[tuple[str, str]]:
             """Files whose cached verdict is missing or not enough; the rest go straight to ``verdicts``."""
             queued: set[str] = set()
+            read_ahead = fsutil.ReadAhead()
             for clip in decodable:
                 stat = FileStat.of(clip.path, resolved=True)
                 digest = inventory.digest_of(stat)
@@ -168,7 +169,7 @@ def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = N
                 elif stat.path not in queued:
                     queued.add(stat.path)
                     # 64-128 files wait in the pool's queue (parallel_map): their reads overlap the work
-                    fsutil.read_ahead(stat.path)
+                    read_ahead(stat.path, stat.size)
                     yield stat.path, clip.fname
 
         found: list[tuple[FileStat, AudioVerdict]] = []
