@@ -174,3 +174,11 @@ def test_read_ahead_hints_only_while_probed_files_are_not_cached(monkeypatch):
     assert probed == [(0, 999), (32, 999), (64, 999), (96, 999)]  # the last byte of every 32nd file
     assert hinted == list(range(32, 96))  # cached: no hints; not cached or cannot tell: hints
 
+
+
+def test_a_file_gone_since_it_was_listed_is_reported_not_raised(tmp_path):
+    from audiotag.audio.inventory import scan_file
+
+    stat, verdict = scan_file((str(tmp_path / "gone.wav"), "gone.wav"))
+    assert not verdict.ok and verdict.code == "unreadable" and "No such file" in verdict.detail
+    assert stat.size == -1 and "still there" in verdict.hint

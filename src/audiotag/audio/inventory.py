@@ -148,13 +148,27 @@ def default_cache_dir() -> Path:
     return Path(base) / "audiotag"
 
 
+def stat_and_read(path: Path) -> tuple[FileStat, bytes | OSError]:
+    """A file's identity and bytes, or why they cannot be read (it may have gone since it was listed)."""
+    try:
+        stat = FileStat.of(path, resolved=True)  # before reading: a later change must look like a change
+    except OSError as e:
+        return FileStat(str(path), -1, -1, -1), e
+    try:
+        return stat, path.read_bytes()
+    except OSError as e:
+        return stat, e
+
+
+def unreadable(e: OSError) -> AudioVerdict:
+    return AudioVerdict("", None, "unreadable", f"cannot be read ({e.strerror})",
+                        "check that the file is still there and readable")
+
+
 def scan_file(task: tuple[str, str]) -> tuple[FileStat, AudioVerdict]:
     """Worker: ``(path, display name)`` -> its identity and verdict. Never raises for bad audio."""
-    path, name = Path(task[0]), task[1]
-    stat = FileStat.of(path, resolved=True)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        return stat, AudioVerdict("", None, "unreadable", f"cannot be read ({e.strerror})", "check the file's permissions")
-    verdict, _ = examine(data, name=name)
+    stat, data = stat_and_read(Path(task[0]))
+    if isinstance(data, OSError):
+        return stat, unreadable(data)
+    verdict, _ = examine(data, name=task[1])
     return stat, verdict

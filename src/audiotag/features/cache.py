@@ -42,7 +42,7 @@ import soxr
 import torch
 
 from .. import fsutil, mkl
-from ..audio.inventory import AudioVerdict, FileStat, default_cache_dir, examine
+from ..audio.inventory import AudioVerdict, FileStat, default_cache_dir, examine, stat_and_read, unreadable
 from ..audio.io import prepare_waveform
 from ..config import AudioConfig, Config, FeatureConfig
 from ..data.check import AudioScan, CheckReport, check_dataset
@@ -276,14 +276,6 @@ def _init_worker(config: dict, cache_dir: str) -> None:
     _WORKER["reader"] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="audiotag-read")
 
 
-def _read(path: Path) -> tuple[FileStat, bytes | OSError]:
-    stat = FileStat.of(path, resolved=True)  # before reading: a later change must look like a change
-    try:
-        return stat, path.read_bytes()
-    except OSError as e:
-        return stat, e
-
-
 def compute_features(waveform: np.ndarray, frontend: FrontEnd, *, dtype: str = "float32") -> np.ndarray:
     """``[shape=(n,)]`` waveform -> ``[shape=(C, F, T)]`` features (torch casts to float16 ~10x faster than numpy).
 
@@ -310,12 +302,10 @@ def _extract(tasks: list[tuple[str, str]]) -> list[tuple[FileStat, AudioVerdict]
     audio = store.audio
     results, computed = [], []
     paths = [Path(path) for path, _ in tasks]
-    contents = _WORKER["reader"].map(_read, paths)
+    contents = _WORKER["reader"].map(stat_and_read, paths)
     for (_, name), (stat, data) in zip(tasks, contents):
         if isinstance(data, OSError):
-            e = data
-            results.append((stat, AudioVerdict("", None, "unreadable", f"cannot be read ({e.strerror})",
-                                               "check the file's permissions")))
+            results.append((stat, unreadable(data)))
             continue
         verdict, decoded = examine(data, name=name)
         results.append((stat, verdict))
