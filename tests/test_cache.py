@@ -10,7 +10,6 @@ import torch
 from audiotag.audio.io import load_audio
 from audiotag.config import Config, load_config
 from audiotag.data.layouts import load_dataset
-from audiotag import fsutil
 from audiotag.errors import AudiotagError, ValidationFailed
 from audiotag.features import cache as cache_module
 from audiotag.features.cache import FeatureStore, build_features
@@ -89,7 +88,7 @@ def test_a_pack_written_but_never_indexed_is_ignored(demo_data, cache_dir, monke
     """A build killed between writing a pack and indexing it leaves data nobody reads."""
     ds = load_dataset(demo_data)
     cfg = load_config(None, ["data.num_workers=1"])
-    monkeypatch.setattr(fsutil, "writes_enabled", lambda: False)  # packs land, index rows do not
+    monkeypatch.setattr(FeatureStore, "_index_rows", lambda self, rows, db: rows)  # packs land, index rows do not
     with pytest.raises(AudiotagError, match="missing or damaged"):
         build_features(ds, cfg, cache_dir=cache_dir, splits=("test",), progress=False).load(ds.split("test")[0])
     monkeypatch.undo()
@@ -117,8 +116,13 @@ def test_an_entry_written_twice_keeps_its_first_location(cache_dir):
     second.write([("a" * 32, features), ("b" * 32, features + 1)])
     assert FeatureStore(cache_dir, cfg.audio, cfg.features).entry("a" * 32) == location
     np.testing.assert_array_equal(second.load("b" * 32), features + 1)
-    second.write([("b" * 32, features + 1)])  # nothing new: its pack is removed at once
-    assert len(list(second.packs.iterdir())) == 2
+    size = (second.packs / second.entry("b" * 32).pack).stat().st_size
+    second.write([("b" * 32, features + 1)])  # nothing new: the bytes just appended are dropped at once
+    assert len(list(second.packs.iterdir())) == 2 and (second.packs / second.entry("b" * 32).pack).stat().st_size == size
+    second.write([("c" * 32, features + 2)])  # appended to the same pack, aligned
+    c = second.entry("c" * 32)
+    assert c.pack == second.entry("b" * 32).pack and c.offset >= size and c.offset % cache_module.ALIGN == 0
+    np.testing.assert_array_equal(FeatureStore(cache_dir, cfg.audio, cfg.features).load("c" * 32), features + 2)
 
 
 def test_float32_cache_is_exact(demo_data, cache_dir):

@@ -159,8 +159,7 @@ def test_features_killed_at_a_random_moment_resume_to_the_same_cache(demo_data, 
     cut = _entries(interrupted)
     assert ref and ref.keys() == cut.keys()  # every entry present
     assert all(ref[k] == cut[k] for k in ref)  # and bit-identical
-    # the index only ever points at complete, renamed packs; a killed writer's temporary file
-    # (removed once stale) is never read
+    # the index only ever points at packs that exist (a killed writer's unindexed bytes are never read)
     store = FeatureStore(interrupted, Config().audio, Config().features)
     indexed = {e.pack for e in store.entries().values()}
     assert all((store.packs / name).is_file() and not name.startswith(fsutil.TMP_PREFIX) for name in indexed)
