@@ -31,7 +31,7 @@ test: $(VENV)/.dev
 test-fast: $(VENV)/.dev
 	$(BIN)/python -m pytest -q -m "not slow"
 
-.bench/small/train_curated.csv:
+.bench/small/train_curated.csv: | $(VENV)/.runtime
 	$(BIN)/python $(SHARED)/bench/make_dataset.py --out .bench/small --scale small --overwrite
 
 # Throughput: feature extraction against librosa, training and inference (a few minutes).
