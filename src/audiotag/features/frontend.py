@@ -150,26 +150,43 @@ class LogMel(nn.Module):
 
     def _windowed_frames(self, waveform: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Frames ``start .. stop - 1`` of the centred (zero-padded) signal times the window,
-        ``(B, stop - start, n_fft)``. Only the few frames that reach past either end are built from
-        a padded copy: padding the whole clip first cost as much as the window product."""
+        ``(B, stop - start, n_fft)``. The frames that lie inside the signal are multiplied in one
+        call, as a view of it; the few that reach past either end (two or three at each) are built
+        one by one. Padding the whole clip first cost as much as the window product."""
         n, half, hop = waveform.shape[-1], self.n_fft // 2, self.hop_length
         frames = waveform.new_empty(waveform.shape[0], stop - start, self.n_fft)
-        inner_start = min(stop, max(start, -(-half // hop)))  # first frame with no left padding
-        inner_stop = max(inner_start, min(stop, (n - half) // hop + 1 if n >= half else 0))
-        for a, b in ((start, inner_start), (inner_start, inner_stop), (inner_stop, stop)):
-            if b <= a:
-                continue
-            lo, hi = a * hop - half, (b - 1) * hop + half  # samples spanned, in unpadded positions
-            segment = waveform[:, max(lo, 0) : min(hi, n)]
-            if lo < 0 or hi > n:
-                segment = nn.functional.pad(segment, (max(0, -lo), max(0, hi - n)))
-            torch.mul(segment.unfold(-1, self.n_fft, hop), self.window, out=frames[:, a - start : b - start])
+        first = min(stop, max(start, -(-half // hop)))  # the first frame with no left padding
+        last = max(first, min(stop, (n - half) // hop + 1 if n >= half else 0))  # and past the last one
+        if last > first:
+            torch.mul(waveform[:, first * hop - half : (last - 1) * hop + half].unfold(-1, self.n_fft, hop), self.window,
+                      out=frames[:, first - start : last - start])
+        edges = [*range(start, first), *range(last, stop)]
+        if edges:
+            self._edge_frames(waveform, edges, frames, start)
         return frames
 
+    def _edge_frames(self, waveform: torch.Tensor, edges: list[int], frames: torch.Tensor, start: int) -> None:
+        """Frames ``edges`` (zero-padded where they pass either end) into ``frames``, whose row 0 is frame ``start``."""
+        # On the CPU through numpy: a numpy call costs ~1 us against torch's ~4, and a padded
+        # frame takes up to three of them (a 10 s clip's log-mel took ~3% less time).
+        n, half, n_fft = waveform.shape[-1], self.n_fft // 2, self.n_fft
+        if self.numpy_products(waveform):
+            wave, window, out, multiply = waveform.numpy(), self.window.numpy(), frames.numpy(), np.multiply
+        else:
+            wave, window, out, multiply = waveform, self.window, frames, torch.mul
+        for j in edges:
+            lo = j * self.hop_length - half  # the frame spans samples lo .. lo + n_fft - 1
+            w0, w1 = max(0, -lo), max(max(0, -lo), n_fft - max(0, lo + n_fft - n))
+            row = out[:, j - start]
+            row[:, :w0] = 0
+            row[:, w1:] = 0
+            if w1 > w0:
+                multiply(wave[:, lo + w0 : lo + w1], window[w0:w1], out=row[:, w0:w1])
+
     def numpy_products(self, x: torch.Tensor) -> bool:
-        """Whether the band products for ``x`` (waveform or spectrum) go through numpy: always on the
-        CPU, whatever the thread count, so a clip's cached features are the same bits from a worker
-        pool or in-process."""
+        """Whether the padded frames and band products for waveform ``x`` go through numpy: always
+        on the CPU, whatever the thread count, so a clip's cached features are the same bits from a
+        worker pool or in-process."""
         return self.NUMPY_ON_CPU and x.device.type == "cpu" and x.dtype == torch.float32
 
     def _power_mel_chunk_numpy(self, frames: torch.Tensor, out: np.ndarray) -> None:
