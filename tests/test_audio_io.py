@@ -29,6 +29,7 @@ def test_decoded_samples_equal_libsndfile(subtype, channels):
     expected, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     assert sr == SR and info.channels == channels and info.frames == SR
     np.testing.assert_array_equal(y, expected)
+    assert info.peak_dbfs == 20 * np.log10(float(np.abs(expected).max()))  # whichever way it was found
 
 
 @pytest.mark.parametrize("fmt, subtype", [("FLAC", "PCM_16"), ("OGG", "VORBIS")])

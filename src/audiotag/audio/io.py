@@ -76,22 +76,30 @@ def _wav_layout(data: bytes) -> _WavLayout | None:
     return None
 
 
-def _decode_wav_fast(data: bytes, wav: _WavLayout) -> tuple[np.ndarray, str] | None:
+def _decode_wav_fast(data: bytes, wav: _WavLayout) -> tuple[np.ndarray, str, float | None] | None:
     """16-bit PCM and 32-bit float WAV straight from the bytes: about 6x faster than libsndfile,
-    with identical samples (int16 / 32768, as libsndfile scales). None for anything else."""
+    with identical samples (int16 / 32768, as libsndfile scales). Also the peak |sample| when
+    it comes cheaper than from the floats. None for anything else."""
     if wav.channels < 1 or wav.block_align != wav.channels * wav.bits // 8:
         return None
     if (wav.format_tag, wav.bits) == (1, 16):
-        dtype, subtype, scale = np.dtype("<i2"), "PCM_16", np.float32(1.0 / 32768.0)
+        dtype, subtype = np.dtype("<i2"), "PCM_16"
     elif (wav.format_tag, wav.bits) == (3, 32):
-        dtype, subtype, scale = np.dtype("<f4"), "FLOAT", None
+        dtype, subtype = np.dtype("<f4"), "FLOAT"
     else:
         return None
     size = min(wav.data_bytes, len(data) - wav.data_offset)
     frames = max(size, 0) // wav.block_align
     raw = np.frombuffer(data, dtype=dtype, count=frames * wav.channels, offset=wav.data_offset)
-    y = raw.astype(np.float32) if scale is None else np.multiply(raw, scale, dtype=np.float32)  # one pass
-    return y.reshape(frames, wav.channels), subtype
+    y = raw.astype(np.float32)
+    peak = None
+    if subtype == "PCM_16":
+        # Two passes over data in cache beat numpy's buffered cast-and-scale; the peak from the
+        # int16 extremes reads half the bytes (and is exact: the scale is a power of two).
+        y *= np.float32(1.0 / 32768.0)
+        if len(raw):
+            peak = max(int(raw.max()), -int(raw.min())) / 32768.0
+    return y.reshape(frames, wav.channels), subtype, peak
 
 
 def decode(data: bytes, *, name: str) -> tuple[np.ndarray, int, AudioInfo]:
@@ -104,8 +112,9 @@ def decode(data: bytes, *, name: str) -> tuple[np.ndarray, int, AudioInfo]:
                          hint="re-export or re-download the file; an interrupted copy often leaves 0 bytes")
     wav = _wav_layout(data)
     fast = _decode_wav_fast(data, wav) if wav is not None else None
+    peak = None
     if fast is not None:
-        y, subtype = fast
+        y, subtype, peak = fast
         sr, channels, container, header_frames = wav.sample_rate, wav.channels, "WAV", len(y)
     else:
         try:
@@ -147,7 +156,8 @@ def decode(data: bytes, *, name: str) -> tuple[np.ndarray, int, AudioInfo]:
         bad = int((~np.isfinite(y)).sum())
         raise AudioError(f"{bad} samples are NaN or infinite", code="nonfinite", path=name,
                          hint="the float WAV was written from broken data; regenerate it")
-    peak = float(max(y.max(), -y.min()))
+    if peak is None:
+        peak = float(max(y.max(), -y.min()))
     peak_dbfs = 20 * np.log10(peak) if peak > 0 else float("-inf")
     info = AudioInfo(sample_rate=sr, channels=channels, frames=len(y), subtype=subtype, container=container,
                      peak_dbfs=float(peak_dbfs))
