@@ -178,3 +178,13 @@ def test_a_cache_folder_that_cannot_be_made_is_named_with_what_to_do(demo_data, 
         build_features(load_dataset(demo_data), Config(), cache_dir=tmp_path / "a-file" / "cache", progress=False)
     assert "cannot create the feature cache in" in info.value.message and "a-file" in info.value.message
     assert "--cache-dir" in info.value.hint
+
+
+def test_a_pack_that_cannot_be_written_is_named_with_the_reason(cache_dir):
+    cfg = Config()
+    store = FeatureStore(cache_dir, cfg.audio, cfg.features)
+    store.dir.mkdir(parents=True)
+    store.packs.write_text("a file where the packs folder goes")
+    with pytest.raises(AudiotagError, match=r"cannot write .*packs"):
+        store.write([("a" * 32, np.zeros((1, 64, 10), np.float16))])
+    assert store.entries() == {}  # nothing indexed

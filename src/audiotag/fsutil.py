@@ -41,7 +41,8 @@ class OutputError(AudiotagError):
     """An output cannot be written (read-only folder, full disk...)."""
 
 
-def _explain(path: Path, e: OSError) -> OutputError:
+def write_error(path: Path, e: OSError) -> OutputError:
+    """Why ``path`` could not be written, with what to do."""
     if e.errno == errno.ENOSPC:
         hint = "the disk is full: free some space (or point the output/cache elsewhere) and run again"
     elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -69,13 +70,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise _explain(path, e) from None
+        raise write_error(path, e) from None
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     except OSError as e:
         tmp_path.unlink(missing_ok=True)
-        raise _explain(path, e) from None
+        raise write_error(path, e) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

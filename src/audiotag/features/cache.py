@@ -233,11 +233,10 @@ class FeatureStore:
                     rows.append((digest, name, offset, json.dumps(array.shape), array.dtype.str))
                     offset += array.nbytes
         except OSError as e:
-            raise DataError(f"cannot write the feature cache {path}: {e.strerror or e}", hint=CACHE_DIR_HINT) from None
-        new = self._index_rows(rows, db)
-        if not new:
+            raise fsutil.write_error(path, e) from None  # a full disk says so
+        if not self._index_rows(rows, db):
             os.truncate(path, start)  # all computed twice: nobody will read these bytes
-        self._pack_sizes.pop(name, None)
+            self._pack_sizes.pop(name, None)  # the size just cached for this pack's earlier entries
 
     def _index_rows(self, rows: list[tuple], db: sqlite3.Connection | None) -> list[tuple]:
         """Index ``rows`` (written and complete); returns those that were new."""

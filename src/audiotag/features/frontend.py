@@ -176,7 +176,8 @@ class LogMel(nn.Module):
             wave, window, out, multiply = waveform, self.window, frames, torch.mul
         for j in edges:
             lo = j * self.hop_length - half  # the frame spans samples lo .. lo + n_fft - 1
-            w0, w1 = max(0, -lo), max(max(0, -lo), n_fft - max(0, lo + n_fft - n))
+            w0 = max(0, -lo)  # its samples inside the signal are w0 .. w1 - 1
+            w1 = max(w0, min(n_fft, n - lo))
             row = out[:, j - start]
             row[:, :w0] = 0
             row[:, w1:] = 0
@@ -191,7 +192,7 @@ class LogMel(nn.Module):
 
     def _power_mel_chunk_numpy(self, frames: torch.Tensor, out: np.ndarray) -> None:
         # Squares and products on numpy views: a numpy call costs ~1 us against torch's ~4, and a
-        # 10 s clip makes ~40 of them (its log-mel took ~0.05 of 0.42 ms less this way).
+        # 10 s clip makes ~40 of them (its log-mel 0.342 -> 0.331 ms, clip by clip in alternating processes).
         b, t, _ = frames.shape
         spec = torch.fft.rfft(frames)  # (B, t, n_bins) complex
         if self.power == 2.0:
