@@ -121,7 +121,7 @@ def test_numpy_and_torch_band_products_agree(sr, changes):
 def test_long_clips_are_processed_in_bounded_chunks_with_the_same_result(batch):
     m = LogMel(sample_rate=16000, n_fft=1024, hop_length=320, n_mels=64)
     y = torch.from_numpy(np.random.default_rng(2).uniform(-0.5, 0.5, (batch, 16000 * 30)).astype(np.float32))
-    assert m.chunk_frames == 256  # 1 MiB of frames
+    assert m.chunk_frames == 384  # 1.5 MiB of frames
     chunked = m(y)
     torch.testing.assert_close(chunked[-1:], m(y[-1:]))  # a clip in a batch is computed as alone
     m.chunk_frames = 10**6
@@ -129,6 +129,18 @@ def test_long_clips_are_processed_in_bounded_chunks_with_the_same_result(batch):
     m.chunk_frames = 100  # chunk edges fall both inside the clip and on its padded ends
     for result in (chunked, m(y)):
         torch.testing.assert_close(result, whole)  # equal up to the FFT's rounding, which depends on batch size
+
+
+@pytest.mark.parametrize("frames, chunks", [(384, [(0, 384)]), (385, [(0, 193), (193, 385)]),
+                                             (751, [(0, 376), (376, 751)]), (1000, [(0, 334), (334, 668), (668, 1000)])])
+def test_a_clip_is_split_into_as_few_equal_chunks_as_the_bound_allows(frames, chunks, monkeypatch):
+    """Each chunk costs a fixed ~60 us of calls: no short remainder chunk (751 frames: not 384 + 367)."""
+    m = LogMel(sample_rate=16000, n_fft=1024, hop_length=320, n_mels=64)
+    seen = []
+    framing = m._windowed_frames
+    monkeypatch.setattr(m, "_windowed_frames", lambda w, start, stop: seen.append((start, stop)) or framing(w, start, stop))
+    m(torch.zeros(1, (frames - 1) * 320))
+    assert seen == chunks
 
 
 def test_frontend_has_no_learnable_or_saved_state():
