@@ -133,6 +133,18 @@ def filesystem_of(path) -> str:
     return kind
 
 
+def evict(path) -> None:
+    """Drop ``path`` from the page cache, or skip the test where that cannot be done."""
+    if filesystem_of(path) in ("tmpfs", "ramfs", "overlay"):
+        pytest.skip("this filesystem keeps files in memory")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages stay in memory
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def test_page_cache_probe_tells_cached_from_evicted_files(tmp_path):
     from audiotag import fsutil
 
@@ -147,18 +159,66 @@ def test_page_cache_probe_tells_cached_from_evicted_files(tmp_path):
     if found is None:
         pytest.skip("this filesystem has no non-blocking reads")
     assert found is True
-    fd = os.open(clip, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # dirty pages stay in memory
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    if filesystem_of(clip) in ("tmpfs", "ramfs", "overlay"):
-        pytest.skip("this filesystem keeps files in memory")
+    evict(clip)
     assert fsutil.in_page_cache(clip, 0) is False
     assert fsutil.in_page_cache(clip, clip.stat().st_size - 1) is False
     clip.read_bytes()
     assert fsutil.in_page_cache(clip, 0) is True
+
+
+def test_a_file_is_read_without_waiting_only_when_all_of_it_is_in_memory(tmp_path):
+    from audiotag import fsutil
+
+    clip = tmp_path / "a.wav"
+    content = bytes(range(256)) * 64
+    clip.write_bytes(content)
+    size = len(content)
+    if not hasattr(os, "RWF_NOWAIT") or fsutil.in_page_cache(clip, 0) is None:
+        assert fsutil.read_cached(clip, size) is None
+        return
+    assert fsutil.read_cached(clip, size) == content
+    assert fsutil.read_cached(clip, size - 1) is None  # the file changed since its size was taken
+    assert fsutil.read_cached(clip, size + 1) is None
+    assert fsutil.read_cached(tmp_path / "gone.wav", size) is None
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    assert fsutil.read_cached(empty, 0) == b""
+    evict(clip)
+    assert fsutil.read_cached(clip, size) is None
+    clip.read_bytes()
+    assert fsutil.read_cached(clip, size) == content
+
+
+def test_a_worker_reads_cached_files_itself_and_hands_the_rest_to_its_reader_threads(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from audiotag.audio import inventory
+    from audiotag.features import cache
+
+    paths = [tmp_path / f"{i}.wav" for i in range(5)]
+    for i, path in enumerate(paths):
+        path.write_bytes(bytes([i]) * 100)
+    not_cached = {paths[2]}
+    waited = []
+
+    def stat_and_read(path, *, wait=True):
+        if not wait and path in not_cached:
+            return None
+        waited.append(wait)
+        return inventory.stat_and_read(path, wait=wait)
+
+    class Reader:  # the worker's thread pool, recording what it is given
+        def map(self, fn, items):
+            self.given = list(items)
+            return map(fn, self.given)
+
+    monkeypatch.setattr(cache, "stat_and_read", stat_and_read)
+    monkeypatch.setitem(cache._WORKER, "reader", Reader())
+    got = list(cache._contents(paths))
+    assert [bytes(data) for _, data in got] == [bytes([i]) * 100 for i in range(5)]
+    assert [stat.path for stat, _ in got] == [str(Path(p).resolve()) for p in paths]
+    assert cache._WORKER["reader"].given == paths[2:]  # from the first file not in memory on
+    assert waited == [False, False, True, True, True]
 
 
 def test_read_ahead_hints_only_while_probed_files_are_not_cached(monkeypatch):

@@ -137,6 +137,27 @@ def in_page_cache(path: str | Path, offset: int) -> bool | None:
         os.close(fd)
 
 
+def read_cached(path: str | Path, size: int) -> bytearray | None:
+    """All ``size`` bytes of ``path`` if they are in memory, read without waiting on the disk;
+    None otherwise (not all cached, a different size now, an error, or no non-blocking reads here)."""
+    if not hasattr(os, "RWF_NOWAIT"):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        data = bytearray(size + 1)  # one byte more: a file that grew since its size was taken is not cut short
+        if os.preadv(fd, [data], 0, os.RWF_NOWAIT) != size:
+            return None
+    except OSError:  # BlockingIOError: nothing cached at the start
+        return None
+    finally:
+        os.close(fd)
+    del data[size:]
+    return data
+
+
 class ReadAhead:
     """:func:`read_ahead` for a stream of files, skipped while they are already in memory.
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
+from .. import fsutil
 from ..errors import AudioError, DataError
 from .io import AudioInfo, decode
 
@@ -148,12 +149,18 @@ def default_cache_dir() -> Path:
     return Path(base) / "audiotag"
 
 
-def stat_and_read(path: Path) -> tuple[FileStat, bytes | OSError]:
-    """A file's identity and bytes, or why they cannot be read (it may have gone since it was listed)."""
+def stat_and_read(path: Path, *, wait: bool = True) -> tuple[FileStat, bytes | bytearray | OSError] | None:
+    """A file's identity and bytes, or why they cannot be read (it may have gone since it was listed).
+
+    ``wait=False``: None unless the whole file is in memory (nothing waits on the disk).
+    """
     try:
         stat = FileStat.of(path, resolved=True)  # before reading: a later change must look like a change
     except OSError as e:
-        return FileStat(str(path), -1, -1, -1), e
+        return None if not wait else (FileStat(str(path), -1, -1, -1), e)
+    if not wait:
+        data = fsutil.read_cached(path, stat.size)
+        return None if data is None else (stat, data)
     try:
         return stat, path.read_bytes()
     except OSError as e:
