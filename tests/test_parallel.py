@@ -68,3 +68,21 @@ def test_forked_workers_start_no_blas_thread_pool_and_the_parent_gets_its_thread
     counts = set(parallel_map(os_threads_after_a_product, range(200), num_workers=2, progress=False))
     assert counts == {1}
     assert {p["internal_api"]: p["num_threads"] for p in threadpool_info()} == before
+
+
+def test_with_enough_tasks_expected_the_workers_start_before_the_first_task_is_made():
+    """So they start up while a lazy task stream does its own first work (the feature cache lists
+    and checks the files meanwhile)."""
+    import multiprocessing
+
+    def tasks(seen):
+        seen.append(len(multiprocessing.active_children()))
+        yield from range(300)
+
+    for expected, started in ((0, 0), (300, 2)):
+        seen = []
+        results = sorted(r for _, r in parallel_map(pid_and_square, tasks(seen), num_workers=2, progress=False,
+                                                    expected=expected))
+        assert results == [x * x for x in range(300)]
+        assert seen == [started]
+    assert list(parallel_map(pid_and_square, iter([]), num_workers=2, progress=False, expected=300)) == []

@@ -84,7 +84,8 @@ def _start_pool(workers: int, initializer: Callable | None, initargs: tuple) -> 
 
 def parallel_map(fn: Callable[[T], R], tasks: Iterable[T], *, total: int | None = None, num_workers: int = 0,
                  desc: str = "", progress: bool = True, initializer: Callable | None = None,
-                 initargs: tuple = (), chunk_size: int = 8, chunked: bool = False) -> Iterator[R]:
+                 initargs: tuple = (), chunk_size: int = 8, chunked: bool = False,
+                 expected: int = 0) -> Iterator[R]:
     """Yield ``fn(task)`` for every task, in completion order.
 
     ``tasks`` may be a lazy iterable; ``total`` (for the progress bar) is an upper bound when given.
@@ -92,15 +93,19 @@ def parallel_map(fn: Callable[[T], R], tasks: Iterable[T], *, total: int | None 
     per worker, or once in-process when the work is too small for a pool. Tasks travel to workers
     ``chunk_size`` at a time, which keeps inter-process overhead small for millisecond tasks.
     ``chunked``: ``fn`` takes a whole chunk (a list of tasks) and returns a list of results, so it
-    can batch work across tasks.
+    can batch work across tasks. ``expected``: how many tasks the caller expects; when that is
+    enough for a pool, the workers are started before the first task is taken, so they start up
+    while a lazy ``tasks`` does its own first work.
     """
     run_chunk = functools.partial(_apply_chunk, fn) if not chunked else fn
     tasks = iter(tasks)
     max_workers = resolve_workers(num_workers)
-    head = list(itertools.islice(tasks, MIN_TASKS_PER_WORKER * 2)) if max_workers > 1 else []
+    enough = MIN_TASKS_PER_WORKER * 2
+    early = max_workers > 1 and expected >= enough
+    head = list(itertools.islice(tasks, enough)) if max_workers > 1 and not early else []
     bar = progress_bar(total=total, desc=desc, unit="file", enabled=progress)
     try:
-        if max_workers <= 1 or len(head) < MIN_TASKS_PER_WORKER * 2:
+        if not early and (max_workers <= 1 or len(head) < enough):
             if initializer is not None:
                 initializer(*initargs)
             stream = itertools.chain(head, tasks)
@@ -111,6 +116,8 @@ def parallel_map(fn: Callable[[T], R], tasks: Iterable[T], *, total: int | None 
             return
         with threadpool_limits(1, user_api="blas"), _start_pool(max_workers, initializer, initargs) as pool:
             pending: set[Any] = set()
+            if early:
+                pool.submit(int)  # a no-op: the pool forks its workers at the first submit
 
             def drain(block_until_below: int) -> Iterator[R]:
                 nonlocal pending

@@ -9,6 +9,7 @@ non-finite.
 from __future__ import annotations
 
 import io
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ class AudioInfo:
 
 
 def is_supported(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in SUPPORTED_EXTENSIONS
+    return os.path.splitext(path)[1].lower() in SUPPORTED_EXTENSIONS
 
 
 @dataclass(frozen=True)

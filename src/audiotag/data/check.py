@@ -21,7 +21,7 @@ from ..audio.inventory import AudioVerdict, FileStat, Inventory, default_cache_d
 from ..audio.io import AudioInfo, is_supported
 from ..errors import ValidationFailed
 from ..parallel import parallel_map
-from .layouts import audio_files_under
+from .layouts import audio_paths_under
 from .records import Clip, Dataset, Problem
 
 INVENTORY_FILE = "inventory.sqlite"
@@ -107,9 +107,9 @@ def file_problems(ds: Dataset) -> tuple[list[Problem], list[Clip]]:
             decodable.append(clip)
     for split, folder in ds.audio_dirs.items():
         named = {os.path.normpath(c.path) for c in ds.clips if c.split == split and c.path is not None}
-        for path in audio_files_under(folder):
+        for path in audio_paths_under(folder):
             if os.path.normpath(path) not in named:
-                rel = path.relative_to(folder).as_posix()
+                rel = Path(path).relative_to(folder).as_posix()
                 problems.append(Problem("stray-file", f"{folder.name}/{rel} has no row in the CSV", split=split,
                                         fname=rel, source=f"{folder.name}/",
                                         hint="add a row for it, or move it out of the audio folder"))
@@ -133,6 +133,7 @@ class AudioScan:
     initargs: tuple = ()
     needs_work: Callable[[AudioVerdict], bool] = field(default=lambda verdict: False)
     desc: str = "checking audio"
+    expected: int = 0  # files expected to need work: with enough, the workers start before the files are listed
 
 
 def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = None, num_workers: int = 0,
@@ -147,17 +148,24 @@ def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = N
     counts = {split: len(ds.split(split)) for split in ds.splits}
     if not audio:
         return CheckReport(problems, counts, audio_checked=False)
-    missing, decodable = file_problems(ds)
-    problems += missing
-    if stop_early and any(p.severity == "error" for p in problems):
-        return CheckReport(problems, counts, audio_checked=False)
 
     scan = scan or AudioScan()
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     verdicts: dict[str, AudioVerdict] = {}
+    decodable: list[Clip] = []
+    stopped = False
     with Inventory(cache_dir / INVENTORY_FILE) as inventory:
         def pending() -> Iterator[tuple[str, str]]:
             """Files whose cached verdict is missing or not enough; the rest go straight to ``verdicts``."""
+            nonlocal stopped
+            # Listed here, inside the task stream: when a pool was started early, its workers start
+            # up meanwhile.
+            missing, usable = file_problems(ds)
+            problems.extend(missing)
+            decodable.extend(usable)
+            if stop_early and any(p.severity == "error" for p in problems):
+                stopped = True
+                return
             queued: set[str] = set()
             read_ahead = fsutil.ReadAhead()
             for clip in decodable:
@@ -173,10 +181,10 @@ def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = N
                     yield stat.path, clip.fname
 
         found: list[tuple[FileStat, AudioVerdict]] = []
-        for stat, verdict in parallel_map(scan.fn, pending(), total=len(decodable), num_workers=num_workers,
+        for stat, verdict in parallel_map(scan.fn, pending(), total=len(ds.clips), num_workers=num_workers,
                                           desc=scan.desc, progress=progress, initializer=scan.initializer,
                                           initargs=scan.initargs, chunked=scan.chunked,
-                                          chunk_size=scan.chunk_size):
+                                          chunk_size=scan.chunk_size, expected=scan.expected):
             verdicts[stat.path] = verdict
             if verdict.digest:
                 found.append((stat, verdict))
@@ -184,6 +192,8 @@ def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = N
                 inventory.record(found)
                 found = []
         inventory.record(found)
+    if stopped:
+        return CheckReport(problems, counts, audio_checked=False)
 
     report = CheckReport(problems, counts, audio_checked=True)
     by_digest: dict[str, list[Clip]] = defaultdict(list)

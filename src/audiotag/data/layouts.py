@@ -331,6 +331,11 @@ def load_dataset(root: str | Path | None = None, *, csv: str | Path | None = Non
 
 def audio_files_under(folder: Path) -> list[Path]:
     """Every audio-like file under ``folder`` (recursively, hidden files skipped)."""
+    return [Path(p) for p in audio_paths_under(folder)]
+
+
+def audio_paths_under(folder: str | Path) -> list[str]:
+    """:func:`audio_files_under` as strings (a Path costs ~10 us to build: 40 ms for 4,000 files)."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -339,6 +344,6 @@ def audio_files_under(folder: Path) -> list[Path]:
                 out.append(os.path.join(dirpath, name))
     # Path order (part by part, so "a/b" comes before "a-b"), without building a Path per comparison.
     out.sort(key=lambda p: p.split(os.sep))
-    return [Path(p) for p in out]
+    return out
 
 
