@@ -149,10 +149,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "audiotag"
 
 
-def stat_and_read(path: Path, *, wait: bool = True) -> tuple[FileStat, bytes | bytearray | OSError] | None:
+def stat_and_read(path: Path, *, wait: bool = True) -> tuple[FileStat, bytes | OSError] | None:
     """A file's identity and bytes, or why they cannot be read (it may have gone since it was listed).
 
-    ``wait=False``: None unless the whole file is in memory (nothing waits on the disk).
+    ``wait=False``: None unless the file is in memory (see :func:`fsutil.read_cached`).
     """
     try:
         stat = FileStat.of(path, resolved=True)  # before reading: a later change must look like a change
