@@ -63,13 +63,36 @@ def test_every_planted_fault_of_the_tiny_benchmark_is_named(tiny_bench, tmp_path
     assert {p.fname for p in kept.skipped} == bad
 
 
-def test_clean_demo_passes_and_verdicts_are_cached(demo_data, cache_dir):
+def test_clean_demo_passes_and_verdicts_are_cached(demo_data, cache_dir, monkeypatch):
+    from audiotag.audio import inventory
+
     ds = load_dataset(demo_data)
     report = check_dataset(ds, cache_dir=cache_dir)
     assert report.ok() and not report.errors and report.audio_checked
     assert len(report.audio) == len(ds.clips) and len(set(report.digests.values())) == len(ds.clips)
+    monkeypatch.setattr(inventory, "examine", lambda *a, **k: pytest.fail("a cached verdict was examined again"))
     again = check_dataset(ds, cache_dir=cache_dir)
     assert again.digests == report.digests and again.audio == report.audio
+
+
+def test_the_inventory_answers_only_for_unchanged_files_and_this_version_of_the_checks(tmp_path, monkeypatch):
+    from audiotag.audio import inventory
+    from audiotag.audio.inventory import AudioVerdict, FileStat, Inventory
+    from audiotag.audio.io import AudioInfo
+
+    info = AudioInfo(16000, 1, 16000, "PCM_16", "WAV", -3.0)
+    stats = [FileStat(f"/data/{i}.wav", 100 + i, 7, i) for i in range(1200)]  # more than one statement's worth
+    verdicts = [AudioVerdict(f"{i:032x}", info) if i % 2 else AudioVerdict(f"{i:032x}", None, "empty", "0 bytes", "")
+                for i in range(1200)]
+    with Inventory(tmp_path / "inventory.sqlite") as db:
+        db.record(list(zip(stats, verdicts)))
+        changed = [stats[0], FileStat(stats[1].path, 999, 7, 1), FileStat(stats[2].path, 102, 8, 2),
+                   FileStat(stats[3].path, 103, 7, 99), FileStat("/data/new.wav", 1, 1, 1)]
+        assert db.digests_of(changed) == {stats[0].path: verdicts[0].digest}
+        assert db.digests_of(stats) == {s.path: v.digest for s, v in zip(stats, verdicts)}
+        assert db.verdicts_of({v.digest for v in verdicts} | {"unknown"}) == {v.digest: v for v in verdicts}
+        monkeypatch.setattr(inventory, "CHECK_VERSION", inventory.CHECK_VERSION + 1)
+        assert db.verdicts_of({verdicts[1].digest}) == {}
 
 
 def test_a_changed_file_is_checked_again(demo_copy, cache_dir):

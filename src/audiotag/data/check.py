@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import stat
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from .layouts import audio_paths_under
 from .records import Clip, Dataset, Problem
 
 INVENTORY_FILE = "inventory.sqlite"
+LOOKUP_BLOCK = 256  # files looked up in the inventory per query
 
 
 @dataclass
@@ -88,15 +90,22 @@ def _where(clip: Clip) -> dict:
     return {"split": clip.split, "fname": clip.fname, "source": clip.source, "row": clip.row}
 
 
-def file_problems(ds: Dataset) -> tuple[list[Problem], list[Clip]]:
-    """Missing, unsupported and stray files; returns them and the clips whose file can be decoded."""
+def file_problems(ds: Dataset) -> tuple[list[Problem], list[tuple[Clip, FileStat]]]:
+    """Missing, unsupported and stray files; returns them and the clips whose file can be decoded,
+    each with its file's identity (one stat a file)."""
     problems: list[Problem] = []
-    decodable: list[Clip] = []
+    decodable: list[tuple[Clip, FileStat]] = []
     for clip in ds.clips:
         if clip.path is None:
             continue  # unsafe name, already reported
-        if not clip.path.is_file():
-            what = "is a folder" if clip.path.is_dir() else "does not exist"
+        try:
+            st = os.stat(clip.path)
+            what = "" if stat.S_ISREG(st.st_mode) else "is a folder" if stat.S_ISDIR(st.st_mode) else "is not a file"
+        except FileNotFoundError:
+            what = "does not exist"
+        except OSError as e:
+            what = f"cannot be reached ({e.strerror})"
+        if what:
             problems.append(Problem("missing-file", f"{clip.fname}: the CSV row's file {clip.path} {what}",
                                     hint="restore the file, or delete the row", **_where(clip)))
         elif not is_supported(clip.path):
@@ -104,7 +113,7 @@ def file_problems(ds: Dataset) -> tuple[list[Problem], list[Clip]]:
                                     "is not a supported audio format", **_where(clip),
                                     hint="convert it to WAV or FLAC (e.g. ffmpeg -i in.m4a out.wav)"))
         else:
-            decodable.append(clip)
+            decodable.append((clip, FileStat(str(clip.path), st.st_size, st.st_mtime_ns, st.st_ino)))
     for split, folder in ds.audio_dirs.items():
         named = {os.path.normpath(c.path) for c in ds.clips if c.split == split and c.path is not None}
         for path in audio_paths_under(folder):
@@ -162,23 +171,25 @@ def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = N
             # up meanwhile.
             missing, usable = file_problems(ds)
             problems.extend(missing)
-            decodable.extend(usable)
+            decodable.extend(clip for clip, _ in usable)
             if stop_early and any(p.severity == "error" for p in problems):
                 stopped = True
                 return
             queued: set[str] = set()
             read_ahead = fsutil.ReadAhead()
-            for clip in decodable:
-                stat = FileStat.of(clip.path, resolved=True)
-                digest = inventory.digest_of(stat)
-                verdict = inventory.verdict(digest) if digest else None
-                if verdict is not None and not scan.needs_work(verdict):
-                    verdicts[stat.path] = verdict
-                elif stat.path not in queued:
-                    queued.add(stat.path)
-                    # 2-4 chunks per worker wait in the pool's queue (parallel_map): their reads overlap the work
-                    read_ahead(stat.path, stat.size)
-                    yield stat.path, clip.fname
+            for start in range(0, len(usable), LOOKUP_BLOCK):
+                block = usable[start : start + LOOKUP_BLOCK]
+                digests = inventory.digests_of([stat for _, stat in block])
+                known = inventory.verdicts_of(set(digests.values()))
+                for clip, stat in block:
+                    verdict = known.get(digests.get(stat.path, ""))
+                    if verdict is not None and not scan.needs_work(verdict):
+                        verdicts[stat.path] = verdict
+                    elif stat.path not in queued:
+                        queued.add(stat.path)
+                        # 2-4 chunks per worker wait in the pool's queue (parallel_map): their reads overlap the work
+                        read_ahead(stat.path, stat.size)
+                        yield stat.path, clip.fname
 
         found: list[tuple[FileStat, AudioVerdict]] = []
         for stat, verdict in parallel_map(scan.fn, pending(), total=len(ds.clips), num_workers=num_workers,
