@@ -82,3 +82,49 @@ def test_the_feature_cache_keeps_the_two_code_paths_apart(monkeypatch):
     vendor_key = feature_key(AudioConfig(), FeatureConfig())
     monkeypatch.setattr(mkl, "_state", "by-isa")
     assert feature_key(AudioConfig(), FeatureConfig()) != vendor_key
+
+
+@pytest.mark.parametrize("rows, n", [(1, 1024), (7, 1024), (376, 1024), (33, 512), (5, 2048)])
+def test_in_place_real_ffts_give_torchs_bits(rows, n):
+    """The front-end's FFTs go through MKL's DFTI in place; torch.fft.rfft calls the same MKL."""
+    if mkl.real_fft_in_place._lib is None:
+        pytest.skip("this torch build has no MKL DFTI to call")
+    x = torch.randn(rows, n, generator=torch.Generator().manual_seed(rows))
+    buffer = torch.zeros(rows, n + 2)
+    buffer[:, :n] = x
+    assert mkl.real_fft_in_place(buffer.numpy(), n)
+    assert torch.equal(torch.view_as_complex(buffer.reshape(rows, n // 2 + 1, 2)), torch.fft.rfft(x))
+
+
+def test_in_place_real_ffts_refuse_arrays_they_cannot_take():
+    import numpy as np
+
+    fft = mkl.real_fft_in_place
+    good = np.zeros((4, 1026), dtype=np.float32)
+    assert not fft(good, 1024 + 2)  # rows are not n + 2 long
+    assert not fft(good.astype(np.float64), 1024)
+    assert not fft(np.zeros((4, 2052), dtype=np.float32)[:, ::2], 1024)  # not contiguous
+    assert not fft(np.zeros((0, 1026), dtype=np.float32), 1024)
+    assert not fft(np.zeros((4, 1027), dtype=np.float32), 1025)  # odd lengths: not in this layout
+    readonly = good.copy()
+    readonly.flags.writeable = False
+    assert not fft(readonly, 1024)
+
+
+def test_the_front_end_gives_the_same_features_without_mkl(monkeypatch):
+    """Where DFTI cannot be called, torch.fft.rfft computes the same bits."""
+    import numpy as np
+
+    from audiotag.features.cache import compute_features
+    from audiotag.features.frontend import FrontEnd
+
+    front = FrontEnd(AudioConfig(), FeatureConfig(channels=["logmel", "chroma"]))
+    clips = [np.random.default_rng(i).uniform(-0.5, 0.5, n).astype(np.float32) for i, n in enumerate((100, 16000, 200000))]
+    calls = []
+    real = mkl.real_fft_in_place
+    monkeypatch.setattr(mkl, "real_fft_in_place", lambda rows, n: calls.append(len(rows)) or real(rows, n))
+    with_mkl = [compute_features(y, front) for y in clips]
+    assert len(calls) == 1 + 1 + 2  # one chunk, one chunk, two chunks of 313 frames
+    monkeypatch.setattr(mkl, "real_fft_in_place", lambda rows, n: False)
+    for y, expected in zip(clips, with_mkl):
+        np.testing.assert_array_equal(compute_features(y, front), expected)

@@ -1,4 +1,5 @@
-"""Let torch's Intel MKL choose its kernels by instruction set on AMD processors too.
+"""Let torch's Intel MKL choose its kernels by instruction set on AMD processors too; and real
+FFTs in place through the same MKL (:data:`real_fft_in_place`).
 
 torch's CPU build links MKL into libtorch_cpu for FFTs and float32 matrix products. MKL picks
 kernels by CPU vendor before instruction set: on a CPU that does not identify as "GenuineIntel" it
@@ -26,8 +27,10 @@ import ctypes
 import os
 import platform
 import sys
+import threading
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ENV = "AUDIOTAG_MKL_AMD"
@@ -100,3 +103,72 @@ def dispatch() -> str:
 
 def explanation() -> str:
     return _reason
+
+
+# ----------------------------------------------------------------------------- in-place real FFTs
+
+# DFTI's configuration parameters and values (mkl_dfti.h).
+_NUMBER_OF_TRANSFORMS, _CONJUGATE_EVEN_STORAGE, _PLACEMENT = 7, 10, 11
+_INPUT_DISTANCE, _OUTPUT_DISTANCE, _THREAD_LIMIT = 14, 15, 27
+_REAL, _COMPLEX_COMPLEX, _INPLACE = 33, 39, 43
+_MAX_PLANS = 2048  # a front-end needs one per chunk length it meets (at most 384 for its default settings)
+
+
+class _InPlaceRealFFT:
+    """Forward real FFTs of float32 rows, in place, through the DFTI interface of torch's own MKL,
+    with one committed descriptor ("plan") kept per (rows, length).
+
+    ``torch.fft.rfft`` calls the same MKL and gives the same bits, but it writes a new array and
+    creates and commits a descriptor at every call. In place, a chunk of frames and its spectrum
+    share one buffer (1.5 MB instead of 3 for 384 frames of 1024 samples, more than a Zen 4 core's
+    1 MB L2): whole cache builds ran 11-14% faster (median of 12 and 14 paired builds).
+    """
+
+    def __init__(self):
+        self._lib = None
+        self._plans: dict[tuple[int, int, int], ctypes.c_void_p] = {}
+        self._lock = threading.Lock()
+        if not torch.backends.mkl.is_available():
+            return
+        try:
+            lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+            for name in ("DftiCreateDescriptor_s_1d", "DftiSetValue", "DftiCommitDescriptor", "DftiComputeForward"):
+                getattr(lib, name).restype = ctypes.c_long
+            lib.DftiCreateDescriptor_s_1d.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_long]
+            lib.DftiCommitDescriptor.argtypes = [ctypes.c_void_p]
+            lib.DftiComputeForward.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        except (OSError, AttributeError):
+            return
+        self._lib = lib
+
+    def _plan(self, rows: int, n: int) -> ctypes.c_void_p | None:
+        key = (os.getpid(), rows, n)  # a descriptor is not carried over a fork
+        try:
+            return self._plans[key]
+        except KeyError:
+            pass
+        with self._lock:
+            if key in self._plans or len(self._plans) >= _MAX_PLANS:
+                return self._plans.get(key)
+            lib, plan, long_ = self._lib, ctypes.c_void_p(), ctypes.c_long
+            settings = ((_PLACEMENT, ctypes.c_int(_INPLACE)), (_CONJUGATE_EVEN_STORAGE, ctypes.c_int(_COMPLEX_COMPLEX)),
+                        (_NUMBER_OF_TRANSFORMS, long_(rows)), (_INPUT_DISTANCE, long_(n + 2)),
+                        (_OUTPUT_DISTANCE, long_(n // 2 + 1)), (_THREAD_LIMIT, long_(1)))
+            ok = (lib.DftiCreateDescriptor_s_1d(ctypes.byref(plan), _REAL, n) == 0
+                  and all(lib.DftiSetValue(plan, name, value) == 0 for name, value in settings)
+                  and lib.DftiCommitDescriptor(plan) == 0)
+            self._plans[key] = plan if ok else None  # a shape MKL refused is not tried again
+            return self._plans[key]
+
+    def __call__(self, rows: np.ndarray, n: int) -> bool:
+        """Transform ``rows`` ``[shape=(R, n + 2)]``, C-contiguous float32, whose first ``n`` values of
+        each row are the input: afterwards each row holds the ``n // 2 + 1`` complex values (real,
+        imaginary, ...). False, with ``rows`` untouched, where this cannot be done here."""
+        if (self._lib is None or rows.ndim != 2 or rows.shape[1] != n + 2 or n % 2 or rows.dtype != np.float32
+                or not rows.flags.c_contiguous or not rows.flags.writeable or not len(rows)):
+            return False
+        plan = self._plan(len(rows), n)
+        return plan is not None and self._lib.DftiComputeForward(plan, rows.ctypes.data) == 0
+
+
+real_fft_in_place = _InPlaceRealFFT()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import mkl
 from ..config import AudioConfig, FeatureConfig
 
 
@@ -144,20 +145,23 @@ class LogMel(nn.Module):
         size = -(-t // -(-t // self.chunk_frames))  # as few chunks as chunk_frames allows, of equal length
         for i in range(0, t, size):
             stop = min(t, i + size)
-            frames = self._windowed_frames(waveform, i, stop)
             if out_np is not None:
-                self._power_mel_chunk_numpy(frames, out_np[:, i:stop])
+                # Rows of n_fft + 2: the frames are transformed in place (see _power_mel_chunk_numpy).
+                padded = waveform.new_empty(b, stop - i, self.n_fft + 2)
+                self._windowed_frames(waveform, i, stop, out=padded[..., : self.n_fft])
+                self._power_mel_chunk_numpy(padded, out_np[:, i:stop])
             else:
-                self._power_mel_chunk(frames, out[:, i:stop])
+                self._power_mel_chunk(self._windowed_frames(waveform, i, stop), out[:, i:stop])
         return out
 
-    def _windowed_frames(self, waveform: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def _windowed_frames(self, waveform: torch.Tensor, start: int, stop: int,
+                         out: torch.Tensor | None = None) -> torch.Tensor:
         """Frames ``start .. stop - 1`` of the centred (zero-padded) signal times the window,
-        ``(B, stop - start, n_fft)``. The frames that lie inside the signal are multiplied in one
+        ``(B, stop - start, n_fft)`` (into ``out`` when given). The frames that lie inside the signal are multiplied in one
         call, as a view of it; the few that reach past either end (two or three at each) are framed
         from a short zero-padded copy. Padding the whole clip first cost as much as the window product."""
         n, half, hop = waveform.shape[-1], self.n_fft // 2, self.hop_length
-        frames = waveform.new_empty(waveform.shape[0], stop - start, self.n_fft)
+        frames = waveform.new_empty(waveform.shape[0], stop - start, self.n_fft) if out is None else out
         first = min(stop, max(start, -(-half // hop)))  # the first frame with no left padding
         last = max(first, min(stop, (n - half) // hop + 1 if n >= half else 0))  # and past the last one
         if last > first:
@@ -194,16 +198,21 @@ class LogMel(nn.Module):
         worker pool or in-process."""
         return self.NUMPY_ON_CPU and x.device.type == "cpu" and x.dtype == torch.float32
 
-    def _power_mel_chunk_numpy(self, frames: torch.Tensor, out: np.ndarray) -> None:
+    def _power_mel_chunk_numpy(self, padded: torch.Tensor, out: np.ndarray) -> None:
+        """Mel power of the frames in ``padded`` ``(B, t, n_fft + 2)`` (each row's first n_fft values),
+        transformed in place by MKL where it can (the same bits as ``torch.fft.rfft``)."""
         # Squares and products on numpy views: a numpy call costs ~1 us against torch's ~4, and a
         # 10 s clip makes ~40 of them (its log-mel 0.342 -> 0.331 ms, clip by clip in alternating processes).
-        b, t, _ = frames.shape
-        spec = torch.fft.rfft(frames)  # (B, t, n_bins) complex
+        b, t, width = padded.shape
+        rows = padded.numpy().reshape(b * t, width)
+        if mkl.real_fft_in_place(rows, self.n_fft):
+            parts = rows.reshape(b, t, width)  # (B, t, 2 * n_bins): re, im, re, im, ...
+        else:
+            parts = torch.view_as_real(torch.fft.rfft(padded[..., : self.n_fft])).numpy().reshape(b, t, width)
         if self.power == 2.0:
-            parts = torch.view_as_real(spec).numpy().reshape(b, t, -1)  # (B, t, 2 * n_bins): re, im, re, im, ...
             np.square(parts, out=parts)
         else:
-            parts = spec.abs().pow_(self.power).numpy()
+            parts = torch.from_numpy(parts).view(torch.complex64).abs().pow_(self.power).numpy()
         for row in range(b):  # one clip at a time: a batched product cannot write into a slice
             for columns, bins, weights in self.numpy_blocks:
                 np.matmul(parts[row, :, bins], weights, out=out[row, :, columns])
