@@ -131,14 +131,18 @@ def test_long_clips_are_processed_in_bounded_chunks_with_the_same_result(batch):
         torch.testing.assert_close(result, whole)  # equal up to the FFT's rounding, which depends on batch size
 
 
-@pytest.mark.parametrize("frames, chunks", [(384, [(0, 384)]), (385, [(0, 193), (193, 385)]),
-                                             (751, [(0, 376), (376, 751)]), (1000, [(0, 334), (334, 668), (668, 1000)])])
+@pytest.mark.parametrize("frames, chunks", [(384, [(0, 384)]), (385, [(0, 193), (193, 385)]), (751, [(0, 376), (376, 751)]),
+                                             (1000, [(0, 334), (334, 668), (668, 1000)])])
 def test_a_clip_is_split_into_as_few_equal_chunks_as_the_bound_allows(frames, chunks, monkeypatch):
     """Each chunk costs a fixed ~60 us of calls: no short remainder chunk (751 frames: not 384 + 367)."""
     m = LogMel(sample_rate=16000, n_fft=1024, hop_length=320, n_mels=64)
     seen = []
     framing = m._windowed_frames
-    monkeypatch.setattr(m, "_windowed_frames", lambda w, start, stop, **kw: seen.append((start, stop)) or framing(w, start, stop, **kw))
+    def spy(w, start, stop, **kw):
+        seen.append((start, stop))
+        return framing(w, start, stop, **kw)
+
+    monkeypatch.setattr(m, "_windowed_frames", spy)
     m(torch.zeros(1, (frames - 1) * 320))
     assert seen == chunks
 

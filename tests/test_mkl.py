@@ -119,7 +119,8 @@ def test_the_front_end_gives_the_same_features_without_mkl(monkeypatch):
     from audiotag.features.frontend import FrontEnd
 
     front = FrontEnd(AudioConfig(), FeatureConfig(channels=["logmel", "chroma"]))
-    clips = [np.random.default_rng(i).uniform(-0.5, 0.5, n).astype(np.float32) for i, n in enumerate((100, 16000, 200000))]
+    clips = [np.random.default_rng(i).uniform(-0.5, 0.5, n).astype(np.float32)
+             for i, n in enumerate((100, 16000, 200000))]
     calls = []
     real = mkl.real_fft_in_place
     monkeypatch.setattr(mkl, "real_fft_in_place", lambda rows, n: calls.append(len(rows)) or real(rows, n))

@@ -53,8 +53,9 @@ from ..errors import AudiotagError, DataError, ValidationFailed
 from .frontend import FrontEnd
 
 # Bumped whenever this package computes or stores features differently for the same settings.
-FEATURE_CODE_VERSION = 6  # 3: mel band products through numpy; 4: features always on one torch thread (the CQT's last bits);
+# 3: mel band products through numpy; 4: features always on one torch thread (the CQT's last bits);
 # 5: frames transformed 1 MiB at a time; 6: in equal chunks of up to 384 frames, log10 through numpy on the CPU
+FEATURE_CODE_VERSION = 6
 STALE_PACK_S = 3600
 ALIGN = 64  # bytes: every array starts on a cache line (and a SIMD-friendly address)
 CACHE_DIR_HINT = "the cache folder must be writable; choose another with --cache-dir or AUDIOTAG_CACHE"

@@ -157,9 +157,10 @@ class LogMel(nn.Module):
     def _windowed_frames(self, waveform: torch.Tensor, start: int, stop: int,
                          out: torch.Tensor | None = None) -> torch.Tensor:
         """Frames ``start .. stop - 1`` of the centred (zero-padded) signal times the window,
-        ``(B, stop - start, n_fft)`` (into ``out`` when given). The frames that lie inside the signal are multiplied in one
-        call, as a view of it; the few that reach past either end (two or three at each) are framed
-        from a short zero-padded copy. Padding the whole clip first cost as much as the window product."""
+        ``(B, stop - start, n_fft)`` (into ``out`` when given). The frames that lie inside the
+        signal are multiplied in one call, as a view of it; the few that reach past either end (two
+        or three at each) are framed from a short zero-padded copy. Padding the whole clip first
+        cost as much as the window product."""
         n, half, hop = waveform.shape[-1], self.n_fft // 2, self.hop_length
         frames = waveform.new_empty(waveform.shape[0], stop - start, self.n_fft) if out is None else out
         first = min(stop, max(start, -(-half // hop)))  # the first frame with no left padding
