@@ -110,6 +110,11 @@ def test_stop_early_skips_decoding_when_cheap_checks_fail(demo_copy, cache_dir):
     write_rows(demo_copy / "train_curated.csv", header, rows)
     report = check_dataset(load_dataset(demo_copy), cache_dir=cache_dir, stop_early=True)
     assert not report.audio_checked and [p.code for p in report.errors] == ["unknown-label"]
+    # nothing was written: a cache folder that cannot be made does not hide the CSV's problems
+    blocked = demo_copy / "not-a-folder"
+    blocked.write_text("a file where the cache folder would go")
+    report = check_dataset(load_dataset(demo_copy), cache_dir=blocked / "cache", stop_early=True)
+    assert [p.code for p in report.errors] == ["unknown-label"]
 
 
 def test_training_test_duplicates_and_low_rates_are_warned(demo_copy, cache_dir):

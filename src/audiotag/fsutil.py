@@ -118,9 +118,19 @@ def read_ahead(path: str | Path) -> None:
         os.close(fd)
 
 
+def _cached_at(fd: int, offset: int) -> bool | None:
+    """Whether the byte at ``offset`` of open file ``fd`` is in memory: a one-byte read that may
+    not wait for the disk. None where that cannot be told (e.g. a filesystem without such reads)."""
+    try:
+        return os.preadv(fd, [bytearray(1)], max(offset, 0), os.RWF_NOWAIT) == 1
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+
+
 def in_page_cache(path: str | Path, offset: int) -> bool | None:
-    """Whether the byte at ``offset`` of ``path`` is in memory (a read that may not wait for the
-    disk); None where that cannot be told."""
+    """Whether the byte at ``offset`` of ``path`` is in memory; None where that cannot be told."""
     if not hasattr(os, "RWF_NOWAIT"):
         return None
     try:
@@ -128,11 +138,7 @@ def in_page_cache(path: str | Path, offset: int) -> bool | None:
     except OSError:
         return None
     try:
-        return os.preadv(fd, [bytearray(1)], max(offset, 0), os.RWF_NOWAIT) == 1
-    except BlockingIOError:
-        return False
-    except OSError:  # e.g. a filesystem without non-blocking reads
-        return None
+        return _cached_at(fd, offset)
     finally:
         os.close(fd)
 
@@ -142,7 +148,7 @@ def read_cached(path: str | Path, size: int) -> bytes | None:
     disk; None otherwise (not cached, a different size now, an error, or no non-blocking reads).
 
     Only the last byte is probed (sequential read-ahead brings it in last): a non-blocking read of
-    the whole file would need a zeroed buffer, and zeroing cost 1% of a cache build.
+    the whole file would need a buffer zeroed first, where this reads into a fresh bytes object.
     """
     if not hasattr(os, "RWF_NOWAIT"):
         return None
@@ -151,12 +157,12 @@ def read_cached(path: str | Path, size: int) -> bytes | None:
     except OSError:
         return None
     try:
-        if size and os.preadv(fd, [bytearray(1)], size - 1, os.RWF_NOWAIT) != 1:
+        if size and not _cached_at(fd, size - 1):
             return None
         data = os.pread(fd, size, 0)
         if len(data) != size or os.pread(fd, 1, size):  # shorter or longer than its size when it was taken
             return None
-    except OSError:  # BlockingIOError: not in memory
+    except OSError:
         return None
     finally:
         os.close(fd)

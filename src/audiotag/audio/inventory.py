@@ -43,8 +43,12 @@ class FileStat:
     @classmethod
     def of(cls, path: Path, *, resolved: bool = False) -> "FileStat":
         """``resolved``: ``path`` is already absolute with no links to follow (saves the syscalls)."""
-        st = os.stat(path)
-        return cls(str(path) if resolved else str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+        return cls.from_stat(path if resolved else Path(path).resolve(), os.stat(path))
+
+    @classmethod
+    def from_stat(cls, path: Path | str, st: os.stat_result) -> "FileStat":
+        """The identity of resolved ``path`` from a stat already taken."""
+        return cls(str(path), st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 @dataclass(frozen=True)

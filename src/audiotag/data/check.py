@@ -14,6 +14,7 @@ import os
 import stat
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def file_problems(ds: Dataset) -> tuple[list[Problem], list[tuple[Clip, FileStat
                                     "is not a supported audio format", **_where(clip),
                                     hint="convert it to WAV or FLAC (e.g. ffmpeg -i in.m4a out.wav)"))
         else:
-            decodable.append((clip, FileStat(str(clip.path), st.st_size, st.st_mtime_ns, st.st_ino)))
+            decodable.append((clip, FileStat.from_stat(clip.path, st)))
     for split, folder in ds.audio_dirs.items():
         named = {os.path.normpath(c.path) for c in ds.clips if c.split == split and c.path is not None}
         for path in audio_paths_under(folder):
@@ -163,10 +164,11 @@ def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = N
     verdicts: dict[str, AudioVerdict] = {}
     decodable: list[Clip] = []
     stopped = False
-    with Inventory(cache_dir / INVENTORY_FILE) as inventory:
+    inventory: Inventory | None = None
+    with ExitStack() as stack:
         def pending() -> Iterator[tuple[str, str]]:
             """Files whose cached verdict is missing or not enough; the rest go straight to ``verdicts``."""
-            nonlocal stopped
+            nonlocal stopped, inventory
             # Listed here, inside the task stream: when a pool was started early, its workers start
             # up meanwhile.
             missing, usable = file_problems(ds)
@@ -174,7 +176,8 @@ def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = N
             decodable.extend(clip for clip, _ in usable)
             if stop_early and any(p.severity == "error" for p in problems):
                 stopped = True
-                return
+                return  # before the inventory: a cache folder that cannot be written must not hide these
+            inventory = stack.enter_context(Inventory(cache_dir / INVENTORY_FILE))
             queued: set[str] = set()
             read_ahead = fsutil.ReadAhead()
             for start in range(0, len(usable), LOOKUP_BLOCK):
@@ -196,13 +199,14 @@ def check_dataset(ds: Dataset, *, audio: bool = True, cache_dir: Path | None = N
                                           desc=scan.desc, progress=progress, initializer=scan.initializer,
                                           initargs=scan.initargs, chunked=scan.chunked,
                                           chunk_size=scan.chunk_size, expected=scan.expected):
-            verdicts[stat.path] = verdict
+            verdicts[stat.path] = verdict  # results only come for tasks, made once the inventory is open
             if verdict.digest:
                 found.append((stat, verdict))
             if len(found) >= 500:
                 inventory.record(found)
                 found = []
-        inventory.record(found)
+        if inventory is not None:
+            inventory.record(found)
     if stopped:
         return CheckReport(problems, counts, audio_checked=False)
 
