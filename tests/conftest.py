@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from audiotag.demo import DemoSpec, make_demo_dataset
+import audiotag
+from audiotag.data.synthetic import DemoSpec, make_demo_dataset
+
+# In-process runs compute as the CLI's subprocesses do (tests compare them bit for bit).
+audiotag.use_fast_mkl()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AUDIOTAG_SHARED", REPO.parent / "shared"))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from audiotag.blend import (BLENDERS, CaruanaBlend, LogisticStack, MeanBlend, MLPStack, WeightedBlend, correlation,
+from audiotag.ensemble.estimators import (BLENDERS, CaruanaBlend, LogisticStack, MeanBlend, MLPStack, WeightedBlend, correlation,
                             make_blender, nested_oof, prune)
 from audiotag.metrics import lwlrap
 

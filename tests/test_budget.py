@@ -5,8 +5,8 @@ import pytest
 
 from audiotag.errors import AudiotagError
 from audiotag.metrics import lwlrap
-from audiotag.pipeline.budget import BudgetMember, ViewPredictions, fit_budget, kaggle_minutes
-from audiotag.pipeline.ensemble import _stack, _truth, load_member
+from audiotag.ensemble.budget import BudgetMember, ViewPredictions, fit_budget, kaggle_minutes
+from audiotag.ensemble.members import load_member, member_truth, stack_members
 
 from test_ensemble import fake_run
 
@@ -28,8 +28,8 @@ def identical_views(calls):
 
 
 def mean_blend_oof(members):
-    fnames, X, _, _ = _stack(members)
-    y, _ = _truth(members[0], fnames, members[0].test_fnames)
+    fnames, X, _, _ = stack_members(members)
+    y, _ = member_truth(members[0], fnames, members[0].test_fnames)
     return lwlrap(y, X.mean(axis=1))
 
 

@@ -68,7 +68,7 @@ def test_unexpected_errors_leave_a_crash_log_not_a_traceback(monkeypatch, capsys
     def boom(args):
         raise RuntimeError("something broke")
 
-    monkeypatch.setattr(cli, "cmd_config", boom)
+    monkeypatch.setattr(cli.data_commands, "cmd_config", boom)
     assert cli.main(["config"]) == cli.EXIT_INTERNAL
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: something broke" in err and "Traceback" not in err

@@ -4,7 +4,7 @@ import json
 import numpy as np
 
 from audiotag.data.layouts import load_dataset
-from audiotag.demo import CLASSES, DemoSpec, make_demo_dataset
+from audiotag.data.synthetic import CLASSES, DemoSpec, make_demo_dataset
 
 import pytest
 from audiotag.errors import DataError

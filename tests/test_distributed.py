@@ -18,8 +18,8 @@ from audiotag.engine.checkpoint import load_checkpoint, save_checkpoint
 from audiotag.engine.precision import inference_precision, resolve_device
 from audiotag.engine.trainer import Trainer
 from audiotag.errors import AudiotagError
-from audiotag.pipeline.runs import DataSpec, Run
-from audiotag.pipeline.train import merge, train
+from audiotag.runs import DataSpec, Run
+from audiotag.training.train import merge, train
 
 from test_train import TINY, read, tiny
 
@@ -237,7 +237,7 @@ def test_device_selection_falls_back_cleanly():
 def test_device_flag_reaches_the_config():
     parser = cli.build_parser()
     args = parser.parse_args(["train", "--data", "x", "--device", "cpu", "--fold", "1"])
-    assert cli._config(args).train.device == "cpu" and args.fold == 1
+    assert cli.options.config_of(args).train.device == "cpu" and args.fold == 1
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--data", "x", "--device", "tpu"])
     assert parser.parse_args(["predict", "r", "--out", "s.csv", "--device", "cpu"]).device == "cpu"

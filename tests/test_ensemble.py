@@ -11,9 +11,9 @@ import pytest
 from audiotag.config import Config
 from audiotag.data.layouts import load_dataset
 from audiotag.errors import DataError
-from audiotag.pipeline.ensemble import DEFAULT_BLENDS, ensemble_runs
-from audiotag.pipeline.runs import DataSpec, Run, write_predictions
-from audiotag.pipeline.submit import score_submission
+from audiotag.ensemble.blending import DEFAULT_BLENDS, ensemble_runs
+from audiotag.runs import DataSpec, Run, write_predictions
+from audiotag.inference.score import score_submission
 
 
 def fake_run(folder, data, *, signal, seed, folds=None, vocabulary=None, drop=0, folds_done=None):

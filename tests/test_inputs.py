@@ -7,7 +7,9 @@ import torch
 from audiotag.data.folds import make_folds
 from audiotag.data.layouts import load_dataset
 from audiotag.errors import DataError
-from audiotag.pipeline.inputs import ClipBank, CropSampler, class_balanced_weights, prefetch, window_starts
+from audiotag.features.bank import ClipBank
+from audiotag.inference.predict import window_starts
+from audiotag.training.batches import CropSampler, class_balanced_weights, prefetch
 
 
 def bank(lengths=(50, 12, 30), k=3):

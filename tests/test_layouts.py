@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 
 from audiotag.data.layouts import audio_files_under, load_dataset, safe_audio_path
-from audiotag.demo import CLASSES
+from audiotag.data.synthetic import CLASSES
 from audiotag.errors import DataError
 
 from conftest import SMALL_DEMO, shared_path

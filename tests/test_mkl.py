@@ -21,6 +21,8 @@ if "--mkl-first" in sys.argv:
     torch.ones(8, 8) @ torch.ones(8, 8)
 import audiotag
 from audiotag import mkl
+if "--import-only" not in sys.argv:
+    audiotag.use_fast_mkl()
 lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
 x = np.random.default_rng(0).standard_normal((300, 1024)).astype(np.float32)
 a = np.random.default_rng(1).standard_normal((257, 300)).astype(np.float32)
@@ -49,7 +51,28 @@ needs_mkl = pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="to
 
 
 @needs_mkl
-def test_on_import_mkl_chooses_by_instruction_set_on_amd_and_is_left_alone_elsewhere():
+def test_importing_audiotag_leaves_mkl_as_it_found_it():
+    result = probe("--import-only")
+    assert (result["dispatch"], result["why"]) == ("by-vendor", "not attempted")
+    if amd_with_avx2():
+        assert result["answer"] == 0  # MKL's own answer: not an Intel CPU
+
+
+@needs_mkl
+def test_the_cli_makes_mkl_choose_by_instruction_set(tmp_path):
+    # `audiotag config` goes through cli.main, which opts in before anything computes
+    code = ("import sys, json; from audiotag import cli, mkl; cli.main(['config']); "
+            "print(json.dumps({'dispatch': mkl.dispatch(), 'why': mkl.explanation()}))")
+    inherited = {k: v for k, v in os.environ.items() if k != mkl.ENV}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=inherited,
+                         check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["why"] != "not attempted"
+    assert result["dispatch"] == ("by-isa" if amd_with_avx2() else "by-vendor")
+
+
+@needs_mkl
+def test_use_fast_mkl_chooses_by_instruction_set_on_amd_and_leaves_other_cpus_alone():
     result = probe()
     if amd_with_avx2():
         assert (result["dispatch"], result["answer"]) == ("by-isa", 1), result["why"]

@@ -9,10 +9,11 @@ import pytest
 from audiotag.config import NoisyConfig, load_config
 from audiotag.data.layouts import load_dataset
 from audiotag.errors import AudiotagError, ConfigError
-from audiotag.pipeline.inputs import ClipBank, CropSampler
-from audiotag.pipeline.noisy import pseudo_labels_for_test_clips, select_pseudo
-from audiotag.pipeline.runs import DataSpec
-from audiotag.pipeline.train import train
+from audiotag.features.bank import ClipBank
+from audiotag.training.batches import CropSampler
+from audiotag.training.noisy import pseudo_labels_for_test_clips, select_pseudo
+from audiotag.runs import DataSpec
+from audiotag.training.train import train
 
 from test_train import TINY
 
@@ -195,7 +196,7 @@ def test_pseudo_labelled_test_clips_join_every_fold(demo_data, tmp_path):
 
 
 def test_noise_estimate_recovers_a_known_wrong_label_rate():
-    from audiotag.pipeline.audit import estimate_noise
+    from audiotag.training.audit import estimate_noise
 
     rng = np.random.default_rng(0)
     k, n_cur, n_noisy, wrong = 10, 2000, 4000, 0.3
@@ -243,7 +244,7 @@ def test_audit_of_a_curated_only_run(demo_data, tmp_path):
 
 
 def test_ablation_table_over_strategies_and_seeds(demo_data, tmp_path):
-    from audiotag.pipeline.ablation import ablate
+    from audiotag.recipes.ablation import ablate
 
     out = tmp_path / "abl"
     summary = ablate(DataSpec(root=str(demo_data)), tiny(), out=out, strategies=("joint_lq", "pseudo_soft"),
@@ -256,7 +257,7 @@ def test_ablation_table_over_strategies_and_seeds(demo_data, tmp_path):
     assert (table.test_vs_curated[1:] <= table.diff_ci90_high[1:]).all()
     assert "curated-s1" in (out / "pseudo_soft-s1" / "config.yaml").read_text()
     # correlation with the baseline's OOF predictions, averaged over seeds, aligned by fname
-    from audiotag.pipeline.runs import read_oof_predictions
+    from audiotag.runs import read_oof_predictions
 
     def oof(name, seed):
         f, _, _, p = read_oof_predictions(out / f"{name}-s{seed}" / "oof_predictions.csv")
@@ -273,7 +274,7 @@ def test_ablation_table_over_strategies_and_seeds(demo_data, tmp_path):
 
 
 def test_representation_variants_compare_against_the_first(demo_data, tmp_path):
-    from audiotag.pipeline.ablation import ablate
+    from audiotag.recipes.ablation import ablate
 
     out = tmp_path / "abl"
     ablate(DataSpec(root=str(demo_data)), tiny("train.epochs=1"), out=out, strategies=("logmel", "logmel_freqpos"),

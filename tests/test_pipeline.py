@@ -17,9 +17,12 @@ import yaml
 
 from audiotag import cli, fsutil
 from audiotag.errors import ConfigError
-from audiotag.pipeline.budget import predict_by_view
-from audiotag.pipeline.ensemble import load_member
-from audiotag.pipeline.recipe import _markdown, bundled_recipe, ensemble_inference, load_recipe, parse_recipe
+from audiotag.ensemble.budget import predict_by_view
+from audiotag.ensemble.members import load_member
+from audiotag.recipes.pipeline import (FINGERPRINT_SCHEMA, StageState, _markdown, ensemble_inference,
+                                       only_new_defaults)
+from audiotag.runs import DataSpec
+from audiotag.recipes.recipe import bundled_recipe, load_recipe, parse_recipe
 
 from test_train import TINY
 
@@ -114,33 +117,18 @@ def straight_pipeline(demo_data, tmp_path_factory):
 
 def test_a_setting_added_since_a_stage_ran_does_not_redo_it_while_at_its_default(straight_pipeline, demo_data,
                                                                                tmp_path, capsys):
-    """An older audiotag knew no `augment.time_stretch`: its run folders lack the key and its
-    fingerprints were computed without it. Upgrading must reuse that work, not retrain it."""
+    """An older audiotag knew no `augment.time_stretch`: the settings it recorded for its stages lack
+    the key, and its fingerprints were computed without it. Upgrading must reuse that work."""
     import shutil
-
-    from audiotag.config import config_from_dict
-    from audiotag.pipeline.recipe import _fingerprint, _unchanged_but_for_new_settings
-    from audiotag.pipeline.runs import DataSpec, result_settings
 
     recipe, straight, cache = straight_pipeline
     out = tmp_path / "old"
     shutil.copytree(straight, out)
     state = json.loads((out / "pipeline.json").read_text())
-    old = {}
+    for name in ("baseline", "freqpos", "blend"):
+        state["stages"][name]["fingerprint"] = f"older-{name}"  # made by that version over what it knew
     for name in ("baseline", "freqpos"):
-        saved = yaml.safe_load((out / name / "config.yaml").read_text())
-        del saved["augment"]["time_stretch"]
-        (out / name / "config.yaml").write_text(yaml.safe_dump(saved))
-        settings = result_settings(config_from_dict(saved))
-        del settings["augment"]["time_stretch"]
-        data = DataSpec(**json.loads((out / name / "run.json").read_text())["data"])
-        old[name] = _fingerprint(settings, vars(data), [])
-        assert old[name] != state["stages"][name]["fingerprint"]
-    blend = parse_recipe(RECIPE).stages[2]
-    old["blend"] = _fingerprint(blend.ensemble, blend.blends, blend.prune, blend.budget_minutes,
-                                [old["baseline"], old["freqpos"]])
-    for name, fp in old.items():
-        state["stages"][name]["fingerprint"] = fp
+        del state["stages"][name]["settings"]["config"]["augment"]["time_stretch"]
     (out / "pipeline.json").write_text(json.dumps(state))
     before = mtimes(out)
 
@@ -152,38 +140,35 @@ def test_a_setting_added_since_a_stage_ran_does_not_redo_it_while_at_its_default
     assert {n: s["fingerprint"] for n, s in now.items()} == \
            {n: s["fingerprint"] for n, s in json.loads((straight / "pipeline.json").read_text())["stages"].items()}
 
-    # ... but is redone once the new setting differs from its default, or when an input was redone
-    stages = parse_recipe(RECIPE).stages
-    base = config_from_dict(yaml.safe_load((out / "baseline" / "config.yaml").read_text()))
-    stretched = dataclasses.replace(base, augment=dataclasses.replace(base.augment, time_stretch=0.2))
-    kw = dict(data=data, recorded_fp=old["baseline"], old_fingerprints=old, kept=set())
-    assert _unchanged_but_for_new_settings(stages[0], base, out / "baseline", **kw)
-    assert not _unchanged_but_for_new_settings(stages[0], stretched, out / "baseline", **kw)
-    # a whole section the older run did not know: left out of its fingerprint like a single key
-    older = tmp_path / "older"
-    older.mkdir()
-    saved = yaml.safe_load((out / "baseline" / "config.yaml").read_text())
-    del saved["noisy"]
-    (older / "config.yaml").write_text(yaml.safe_dump(saved))
-    settings = result_settings(base)
-    del settings["noisy"], settings["augment"]["time_stretch"]
-    assert _unchanged_but_for_new_settings(stages[0], base, older, data=data, old_fingerprints=old, kept=set(),
-                                           recorded_fp=_fingerprint(settings, vars(data), []))
-    # two versions apart: the run knew neither setting, but its fingerprint was recorded (on reuse)
-    # by a version that knew augment.time_stretch and not yet noisy.test_threshold
-    saved = yaml.safe_load((out / "baseline" / "config.yaml").read_text())
-    del saved["noisy"]["test_threshold"]
-    (older / "config.yaml").write_text(yaml.safe_dump(saved))
-    settings = result_settings(base)
-    del settings["noisy"]["test_threshold"]
-    recorded = _fingerprint(settings, vars(data), [])
-    assert _unchanged_but_for_new_settings(stages[0], base, older, data=data, old_fingerprints=old, kept=set(),
-                                           recorded_fp=recorded)
-    assert not _unchanged_but_for_new_settings(stages[0], stretched, older, data=data, old_fingerprints=old,
-                                               kept=set(), recorded_fp=recorded)
-    kw = dict(data=data, recorded_fp=old["blend"], old_fingerprints=old)
-    assert _unchanged_but_for_new_settings(stages[2], None, out / "blend", kept={"baseline", "freqpos"}, **kw)
-    assert not _unchanged_but_for_new_settings(stages[2], None, out / "blend", kept={"baseline"}, **kw)
+    # ... but not when the new setting is away from its default, nor when a known one changed
+    defaults = {"augment": {"time_stretch": 0.0, "mixup": 0.5}, "noisy": {"loss": "bce"}}
+    recorded = {"augment": {"mixup": 0.5}}
+    assert only_new_defaults(recorded, {"augment": {"time_stretch": 0.0, "mixup": 0.5}}, defaults)
+    assert not only_new_defaults(recorded, {"augment": {"time_stretch": 0.2, "mixup": 0.5}}, defaults)
+    assert not only_new_defaults(recorded, {"augment": {"time_stretch": 0.0, "mixup": 0.4}}, defaults)
+    # a whole section the older version did not know counts like a single key
+    assert only_new_defaults(recorded, {"augment": {"mixup": 0.5}, "noisy": {"loss": "bce"}}, defaults)
+    assert not only_new_defaults(recorded, {"augment": {"mixup": 0.5}, "noisy": {"loss": "lq"}}, defaults)
+    # a setting unknown to the defaults is a change, never assumed harmless
+    assert not only_new_defaults(recorded, {"augment": {"mixup": 0.5, "other": 1}}, defaults)
+
+
+def test_a_pipeline_json_of_another_fingerprint_schema_is_re_run_and_says_so(straight_pipeline, tmp_path):
+    import shutil
+
+    recipe, straight, _ = straight_pipeline
+    out = tmp_path / "older"
+    shutil.copytree(straight, out)
+    state = json.loads((out / "pipeline.json").read_text())
+    assert state["fingerprint_schema"] == FINGERPRINT_SCHEMA
+    current = StageState(out, load_recipe(recipe), DataSpec(), log=lambda m: None)
+    assert set(current.recorded) == {"baseline", "freqpos", "blend"}
+    del state["fingerprint_schema"]  # written before schemas existed
+    (out / "pipeline.json").write_text(json.dumps(state))
+    said = []
+    older = StageState(out, load_recipe(recipe), DataSpec(), log=said.append)
+    assert older.recorded == {}
+    assert "fingerprint schema 1, this one 2" in said[0] and "re-run" in said[0]
 
 
 def test_a_stage_pseudo_labels_the_test_set_with_a_blend_and_joins_the_final_blend(straight_pipeline, demo_data,
@@ -218,31 +203,6 @@ def test_a_stage_pseudo_labels_the_test_set_with_a_blend_and_joins_the_final_ble
     copied = mtimes(moved)
     assert run_cli(path, demo_data, moved, cache) == 0
     assert capsys.readouterr().out.count("done earlier, reused") == 5 and not (moved / ".replaced").exists()
-    # ... also when its fingerprints were recorded by a version that hashed the absolute path
-    from audiotag.config import config_from_dict
-    from audiotag.pipeline.recipe import _fingerprint
-    from audiotag.pipeline.runs import DataSpec, result_settings
-
-    state = json.loads((moved / "pipeline.json").read_text())
-    stages = state["stages"]
-    data = DataSpec(**json.loads((moved / "test_pl" / "run.json").read_text())["data"])
-    portable = stages["test_pl"]["fingerprint"]
-    stages["test_pl"]["fingerprint"] = _fingerprint(result_settings(config_from_dict(config)), vars(data),
-                                                    [stages["blend"]["fingerprint"]])
-    final = parse_recipe(recipe).stages[-1]
-    stages["final"]["fingerprint"] = _fingerprint(final.ensemble, final.blends, final.prune, final.budget_minutes,
-                                                  [stages[m]["fingerprint"] for m in final.ensemble])
-    (moved / "pipeline.json").write_text(json.dumps(state))
-    assert run_cli(path, demo_data, moved, cache) == 0
-    assert capsys.readouterr().out.count("done earlier, reused") == 5 and not (moved / ".replaced").exists()
-    assert mtimes(moved) == copied
-    assert json.loads((moved / "pipeline.json").read_text())["stages"]["test_pl"]["fingerprint"] == portable
-    # a copy whose legacy fingerprint no longer matches its saved settings is redone, not trusted
-    stages["test_pl"]["fingerprint"] = "0" * 16
-    (moved / "pipeline.json").write_text(json.dumps(state))
-    assert run_cli(path, demo_data, moved, cache) == 0
-    assert "test_pl: settings or inputs changed" in capsys.readouterr().out
-
     # a folder moved while its pseudo-label stage was interrupted resumes with the new location's
     # pseudo-labels, as the original's are gone
     relocated = tmp_path / "relocated"
@@ -324,7 +284,7 @@ def test_recipes_that_cannot_work_are_refused_before_any_training(stages, messag
 
 
 def test_a_budget_is_a_positive_number_for_a_recipe_with_a_blend():
-    from audiotag.pipeline.recipe import with_budget
+    from audiotag.recipes.recipe import with_budget
 
     recipe = parse_recipe(RECIPE)
     assert [s.budget_minutes for s in with_budget(recipe, 7).stages] == [None, None, 7.0]
@@ -336,7 +296,7 @@ def test_a_budget_is_a_positive_number_for_a_recipe_with_a_blend():
 
 def test_bundled_recipes_are_valid(tmp_path):
     from audiotag.config import Config
-    from audiotag.pipeline.recipe import stage_config
+    from audiotag.recipes.recipe import stage_config
 
     for name in ("demo", "cpu-small", "gpu-full"):
         recipe = load_recipe(bundled_recipe(name))

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from audiotag.pipeline.inputs import ClipBank
-from audiotag.pipeline.predict import InferenceSpec, average_folds, blend_views, predict_model, predict_views
+from audiotag.features.bank import ClipBank
+from audiotag.inference.predict import InferenceSpec, average_folds, blend_views, predict_model, predict_views
 
 
 class MeanModel(nn.Module):

@@ -253,7 +253,7 @@ def test_runs_started_at_once_never_share_a_folder(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     from audiotag.errors import AudiotagError
-    from audiotag.pipeline.runs import DataSpec, Run
+    from audiotag.runs import DataSpec, Run
 
     def create(out):
         try:
@@ -272,7 +272,7 @@ def test_runs_started_at_once_never_share_a_folder(tmp_path):
 
 
 def test_a_claim_left_by_a_dead_process_is_taken_over(tmp_path):
-    from audiotag.pipeline.runs import CLAIM, DataSpec, Run
+    from audiotag.runs import CLAIM, DataSpec, Run
 
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / "run").mkdir()

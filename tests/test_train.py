@@ -17,9 +17,9 @@ from audiotag import cli
 from audiotag.config import load_config
 from audiotag.engine.callbacks import History
 from audiotag.errors import AudiotagError
-from audiotag.pipeline import inputs
-from audiotag.pipeline.runs import DataSpec, Run
-from audiotag.pipeline.train import resume, train
+from audiotag.training import batches as inputs
+from audiotag.runs import DataSpec, Run
+from audiotag.training.train import resume, train
 
 from conftest import shared_path
 

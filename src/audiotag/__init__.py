@@ -6,19 +6,20 @@ The Python API mirrors the command line::
     ds = load_dataset("data/fat2019")
     report = check_dataset(ds)
     features = build_features(ds, load_config())
+
+Importing the package changes nothing in the host process. :func:`use_fast_mkl` is the one
+opt-in the CLI makes for itself: on AMD CPUs, MKL (torch's FFTs and float32 products) then picks
+its kernels by instruction set; call it before any torch computation.
 """
 
-__version__ = "0.1.0"
-
-from . import mkl  # noqa: E402
-
-mkl.unlock()  # before any MKL call: see mkl.py
-
-from .config import Config, load_config  # noqa: E402
-from .data.check import check_dataset, validate  # noqa: E402
-from .data.layouts import load_dataset  # noqa: E402
-from .errors import AudiotagError, AudioError, ConfigError, DataError, ValidationFailed  # noqa: E402
-from .features.cache import FeatureSet, FeatureStore, build_features  # noqa: E402
+from .config import Config, load_config
+from .data.check import check_dataset, validate
+from .data.layouts import load_dataset
+from .errors import AudiotagError, AudioError, ConfigError, DataError, ValidationFailed
+from .features.cache import FeatureSet, FeatureStore, build_features
+from .mkl import unlock as use_fast_mkl
+from .version import __version__
 
 __all__ = ["Config", "load_config", "check_dataset", "validate", "load_dataset", "build_features", "FeatureSet",
-           "FeatureStore", "AudiotagError", "AudioError", "ConfigError", "DataError", "ValidationFailed"]
+           "FeatureStore", "AudiotagError", "AudioError", "ConfigError", "DataError", "ValidationFailed",
+           "use_fast_mkl", "__version__"]

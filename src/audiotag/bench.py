@@ -28,7 +28,16 @@ from .config import Config
 from .data.layouts import load_dataset
 from .errors import AudiotagError
 from .features.cache import build_features, compute_features, library_versions
-from .features.frontend import FrontEnd
+from .features.bank import ClipBank
+from .features.channels import PCEN, MFCC, Chroma, ConstantQ, FloorSubtracted, FrequencyPosition, InstantaneousFrequency
+from .features.frontend import Deltas, FrontEnd, channel_names, mel_band_edges
+from .augment import build_transforms
+from .engine.precision import resolve_device, resolve_precision
+from .engine.trainer import Trainer, lr_lambda
+from .inference.predict import inference_spec, predict_model
+from .models import new_model
+from .training.batches import CropSampler
+from .training.cv import crop_frames
 
 
 PARITY_CLIPS = 300
@@ -87,9 +96,7 @@ def bench_features(data: str | Path, *, config: Config | None = None, limit: int
         t0 = time.perf_counter()
         built = build_features(ds, config, cache_dir=cache_dir, progress=progress, skip_bad=True)
         ours_s = time.perf_counter() - t0
-    # Imported after the build, which then runs as `audiotag features` does: forked from a process
-    # that had loaded librosa (numba, LLVM), the workers ran slower (1012-1089 against 1153-1185
-    # clips/s in back-to-back runs).
+    # Imported after the build: workers forked from a process that loaded librosa (numba, LLVM) run slower.
     import librosa
 
     clips = built.dataset.clips
@@ -147,12 +154,17 @@ def bench_features(data: str | Path, *, config: Config | None = None, limit: int
     result["compute_ratio"] = result["ours_compute_clips_per_s"] / result["librosa_compute_clips_per_s"]
     result["build_vs_librosa_compute_ratio"] = result["ours_end_to_end_clips_per_s"] / result["librosa_compute_clips_per_s"]
     if report:
-        cmd = command or "audiotag " + " ".join(shlex.quote(x) for x in sys.argv[1:])
-        settings = (f"{a.sample_rate} Hz, n_fft {f.n_fft}, hop {f.hop_length}, {f.n_mels} mels, fmin {f.fmin:g}, "
-                    f"dB ref {f.db_reference}, top_db {f.top_db}, cache {f.cache_dtype}")
-        versions = ", ".join(f"{k} {v}" for k, v in library_versions().items()) + f", librosa {librosa.__version__}"
-        r = result
-        body = f"""
+        _write_features_report(Path(report), result, config, command=command, librosa_version=librosa.__version__)
+    return result
+
+
+def _write_features_report(report: Path, r: dict, config: Config, *, command: str | None, librosa_version: str) -> None:
+    a, f, n = config.audio, config.features, r["clips"]
+    cmd = command or "audiotag " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    settings = (f"{a.sample_rate} Hz, n_fft {f.n_fft}, hop {f.hop_length}, {f.n_mels} mels, fmin {f.fmin:g}, "
+                f"dB ref {f.db_reference}, top_db {f.top_db}, cache {f.cache_dtype}")
+    versions = ", ".join(f"{k} {v}" for k, v in library_versions().items()) + f", librosa {librosa_version}"
+    body = f"""
 Command: `{cmd}` (`make bench` runs it on a `--scale small` benchmark)
 Date: {_dt.date.today().isoformat()}; machine: {machine_description()}
 Settings: {settings}; {versions}. `MALLOC_MMAP_MAX_={os.environ.get('MALLOC_MMAP_MAX_', 'unset')}`.
@@ -172,35 +184,12 @@ torch's idle OpenMP threads slow librosa down). Decoding alone runs at {r['decod
 clips/s. Largest |ΔdB| against librosa over bins within 80 dB of each clip's maximum (first
 {min(n, PARITY_CLIPS)} clips): {r['max_abs_db_difference']:.4f} dB.
 """
-        replace_section(Path(report), "features", body, title="Feature extraction (log-mel cache vs librosa)")
-    return result
+    replace_section(report, "features", body, title="Feature extraction (log-mel cache vs librosa)")
 
 
-def bench_channels(data: str | Path, *, config: Config | None = None, limit: int | None = 200,
-                   report: str | Path | None = None, progress: bool = True, command: str | None = None) -> dict:
-    """Per-clip cost of every front-end channel against librosa's equivalent, on the same decoded
-    clips in the same run (one clip per call, one process, separate passes per library)."""
-    try:
-        import librosa
-    except ImportError:
-        raise AudiotagError("the channel benchmark needs librosa as its reference",
-                            hint="install the dev extras: pip install -e '.[dev]' (make bench does this)") from None
-    from .features.channels import (PCEN, MFCC, Chroma, ConstantQ, FloorSubtracted, FrequencyPosition,
-                                    InstantaneousFrequency)
-    from .features.frontend import Deltas, mel_band_edges
-
-    config = config or Config()
+def _channel_modules(config: Config) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
+    """The log-mel and, by channel name, the module that computes each extra channel."""
     a, f = config.audio, config.features
-    ds = load_dataset(data)
-    clips = [c for c in ds.clips if c.path.exists()][: limit or None]
-    waves = []
-    for c in progress_bar(clips, desc="decoding", enabled=progress, unit="file"):
-        y, sr = sf.read(str(c.path), dtype="float32", always_2d=True)
-        waves.append(prepare_waveform(y, sr, sample_rate=a.sample_rate, quality=a.resample_quality))
-    if not waves:
-        raise AudiotagError(f"no readable clips in {data}")
-    audio_s = sum(len(y) for y in waves) / a.sample_rate
-
     logmel = FrontEnd(a, dataclasses.replace(f, deltas=False, channels=["logmel"])).logmel.eval()
     window = logmel.window
     modules = {
@@ -217,6 +206,31 @@ def bench_channels(data: str | Path, *, config: Config | None = None, limit: int
         "pcen": PCEN(sample_rate=a.sample_rate, hop_length=f.hop_length),
         "deltas": Deltas(width=f.delta_width),
     }
+    return logmel, modules
+
+
+def bench_channels(data: str | Path, *, config: Config | None = None, limit: int | None = 200,
+                   report: str | Path | None = None, progress: bool = True, command: str | None = None) -> dict:
+    """Per-clip cost of every front-end channel against librosa's equivalent, on the same decoded
+    clips in the same run (one clip per call, one process, separate passes per library)."""
+    try:
+        import librosa
+    except ImportError:
+        raise AudiotagError("the channel benchmark needs librosa as its reference",
+                            hint="install the dev extras: pip install -e '.[dev]' (make bench does this)") from None
+    config = config or Config()
+    a, f = config.audio, config.features
+    ds = load_dataset(data)
+    clips = [c for c in ds.clips if c.path.exists()][: limit or None]
+    waves = []
+    for c in progress_bar(clips, desc="decoding", enabled=progress, unit="file"):
+        y, sr = sf.read(str(c.path), dtype="float32", always_2d=True)
+        waves.append(prepare_waveform(y, sr, sample_rate=a.sample_rate, quality=a.resample_quality))
+    if not waves:
+        raise AudiotagError(f"no readable clips in {data}")
+    audio_s = sum(len(y) for y in waves) / a.sample_rate
+
+    logmel, modules = _channel_modules(config)
     stft = dict(n_fft=f.n_fft, hop_length=f.hop_length, center=True, pad_mode="constant")
     mel_kwargs = dict(sr=a.sample_rate, n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, **stft)
 
@@ -268,16 +282,23 @@ def bench_channels(data: str | Path, *, config: Config | None = None, limit: int
                       "ours_ms": 1000 * ours_s / len(waves)}
     result = {"clips": len(waves), "audio_seconds": audio_s, "channels": rows}
     if report:
-        cmd = command or "audiotag " + " ".join(shlex.quote(x) for x in sys.argv[1:])
-        lines = ["| channel | audiotag ms/clip | librosa equivalent | librosa ms/clip | speed-up |", "|---|---:|---|---:|---:|"]
-        for name, r in rows.items():
-            lib = "—" if r["librosa_ms"] is None else f"{r['librosa_ms']:.2f}"
-            ratio = "—" if r["librosa_ms"] is None else f"{r['librosa_ms'] / r['ours_ms']:.1f}x"
-            lines.append(f"| {name} | {r['ours_ms']:.2f} | {r['librosa']} | {lib} | {ratio} |")
-        body = f"""
+        _write_channels_report(Path(report), result, config, command=command)
+    return result
+
+
+def _write_channels_report(report: Path, result: dict, config: Config, *, command: str | None) -> None:
+    a, f, rows, audio_s = config.audio, config.features, result["channels"], result["audio_seconds"]
+    n_clips = result["clips"]
+    cmd = command or "audiotag " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    lines = ["| channel | audiotag ms/clip | librosa equivalent | librosa ms/clip | speed-up |", "|---|---:|---|---:|---:|"]
+    for name, r in rows.items():
+        lib = "—" if r["librosa_ms"] is None else f"{r['librosa_ms']:.2f}"
+        ratio = "—" if r["librosa_ms"] is None else f"{r['librosa_ms'] / r['ours_ms']:.1f}x"
+        lines.append(f"| {name} | {r['ours_ms']:.2f} | {r['librosa']} | {lib} | {ratio} |")
+    body = f"""
 Command: `{cmd}`
 Date: {_dt.date.today().isoformat()}; machine: {machine_description()}
-{len(waves)} clips ({audio_s / len(waves):.1f} s on average), {a.sample_rate} Hz, n_fft {f.n_fft}, hop {f.hop_length},
+{n_clips} clips ({audio_s / n_clips:.1f} s on average), {a.sample_rate} Hz, n_fft {f.n_fft}, hop {f.hop_length},
 {f.n_mels} bands; CQT from {f.cqt_fmin:g} Hz, {f.cqt_bins_per_octave} bins per octave.
 
 {chr(10).join(lines)}
@@ -288,8 +309,7 @@ call, in separate passes. Parity is tested in `tests/test_channels.py`: MFCC, ch
 reassigned frequencies equal librosa's; the CQT peaks in the same bins and correlates > 0.9 with
 `librosa.cqt` in dB on real clips (octave-group windows, not one filter per bin).
 """
-        replace_section(Path(report), "channels", body, title="Extra input channels vs librosa")
-    return result
+    replace_section(report, "channels", body, title="Extra input channels vs librosa")
 
 
 def bench_training(data: str | Path, *, config: Config | None = None, cache_dir: str | Path | None = None,
@@ -300,13 +320,6 @@ def bench_training(data: str | Path, *, config: Config | None = None, cache_dir:
     Training: ``steps`` optimiser steps on crops of the curated clips (augmentation included).
     Inference: the test clips (or curated if none) through sliding windows, without and with TTA.
     """
-    from .augment import build_transforms
-    from .features.frontend import channel_names
-    from .engine.precision import resolve_device, resolve_precision
-    from .engine.trainer import Trainer, lr_lambda
-    from .pipeline.cv import crop_frames, inference_spec, new_model
-    from .pipeline.inputs import ClipBank, CropSampler
-    from .pipeline.predict import predict_model
 
     config = config or Config()
     ds = load_dataset(data)

@@ -237,6 +237,13 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def cqt_top_hz(n_bins: int, fmin: float, bins_per_octave: int) -> float:
+    """Upper edge of a constant-Q transform's highest band (centre + half its bandwidth): a valid
+    config keeps it below Nyquist, and the CQT channel decimates by it."""
+    q = 1.0 / (2.0 ** (1.0 / bins_per_octave) - 1)
+    return fmin * 2.0 ** ((n_bins - 1) / bins_per_octave) * (1 + 0.5 / q)
+
+
 def _check_cross_fields(cfg: Config) -> None:
     f, a = cfg.features, cfg.audio
     nyquist = a.sample_rate / 2
@@ -267,8 +274,6 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError("features.kind = waveform takes no spectral channels or deltas",
                           hint="leave features.channels and features.deltas at their defaults, or use features.kind=logmel")
     if "cqt" in f.channels:
-        from .features.channels import cqt_top_hz
-
         top_hz = cqt_top_hz(f.n_mels, f.cqt_fmin, f.cqt_bins_per_octave)
         if top_hz > nyquist:
             raise ConfigError(
@@ -409,11 +414,11 @@ def _build(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
-def _merge(base: dict, update: dict) -> dict:
+def merge_dicts(base: dict, update: dict) -> dict:
     out = dict(base)
     for k, v in update.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_dicts(out[k], v)
         else:
             out[k] = v
     return out
@@ -469,7 +474,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         data = read_yaml(path)
     for text in overrides:
-        data = _merge(data, parse_override(text))
+        data = merge_dicts(data, parse_override(text))
     return config_from_dict(data)
 
 

@@ -172,9 +172,8 @@ def read_cached(path: str | Path, size: int) -> bytes | None:
 class ReadAhead:
     """:func:`read_ahead` for a stream of files, skipped while they are already in memory.
 
-    From a cold disk the hints made a cache build 20-35% faster (839 against 1012-1153 clips/s),
-    but each costs ~15 us of the process that feeds the workers, 2-5% of a build whose files are
-    cached. Every ``probe_every``-th file is probed (the last byte, which the kernel's sequential
+    The hints speed up a build from a cold disk but cost the feeding process time when the files are
+    already cached (BENCHMARKS.md). Every ``probe_every``-th file is probed (the last byte, which the kernel's sequential
     read-ahead fetches last), and the hints follow what the latest probe found.
     """
 

@@ -3,21 +3,20 @@ FFTs in place through the same MKL (:data:`real_fft_in_place`).
 
 torch's CPU build links MKL into libtorch_cpu for FFTs and float32 matrix products. MKL picks
 kernels by CPU vendor before instruction set: on a CPU that does not identify as "GenuineIntel" it
-runs its generic code path, whatever the CPU supports. Measured on an AMD EPYC Zen 4 (AVX-512): a
-470 x 1024 rfft 0.36 ms on the generic path, 0.18 ms on the AVX-512 one; a 1024 x 1024 float32
-matrix product 74 against 105 GFLOP/s on one core; a clip's log-mel 30% less time.
+runs its generic code path, whatever the CPU supports: on AMD Zen 4 FFTs take twice as long
+(BENCHMARKS.md has the figures).
 
 MKL asks one function, ``mkl_serv_intel_cpu_true``, which keeps its answer in a static int that
 starts at -1 ("not asked yet"). Setting that int to 1 before MKL's first call is the in-process
 form of the widely used ``LD_PRELOAD`` shim that redefines the function to return 1: MKL then
 selects kernels by the instruction sets it detects, as it does on Intel CPUs.
 
-It is done once, when ``audiotag`` is imported, and only when everything is as expected: Linux on
-x86-64, an AMD CPU with AVX2, the function exported by libtorch_cpu and starting with the
-instruction this reads the int's address from, and the int still at -1. Once MKL has answered,
-some of its kernels are already chosen, and changing the answer would mix code paths in one
-process, so an MKL call made before ``import audiotag`` leaves things as they are (correct, only
-slower). ``AUDIOTAG_MKL_AMD=off`` turns it off. :func:`dispatch` says which case holds; the feature
+Importing audiotag changes nothing: :func:`unlock` (``audiotag.use_fast_mkl()``; the CLI calls
+it first thing) does it, once, and only when everything is as expected: Linux on x86-64, an AMD CPU
+with AVX2, the function exported by libtorch_cpu and starting with the instruction this reads the
+int's address from, and the int still at -1. Once MKL has answered, some of its kernels are
+already chosen, and changing the answer would mix code paths in one process, so an MKL call made
+before :func:`unlock` leaves things as they are (correct, only slower). ``AUDIOTAG_MKL_AMD=off`` turns it off. :func:`dispatch` says which case holds; the feature
 cache keys entries by it, since the two code paths round differently in the last bits.
 """
 
@@ -89,7 +88,7 @@ def unlock() -> str:
         if cell is None:
             _reason = "this torch build's MKL is not the expected one"
         elif cell.value != -1:
-            _reason = "MKL was already in use before audiotag was imported"
+            _reason = "MKL was already in use before audiotag.use_fast_mkl() was called"
         else:
             cell.value = 1
             _state, _reason = "by-isa", "AMD CPU: MKL chooses kernels by instruction set"
@@ -120,8 +119,7 @@ class _InPlaceRealFFT:
 
     ``torch.fft.rfft`` calls the same MKL and gives the same bits, but it writes a new array and
     creates and commits a descriptor at every call. In place, a chunk of frames and its spectrum
-    share one buffer (1.5 MB instead of 3 for 384 frames of 1024 samples, more than a Zen 4 core's
-    1 MB L2): whole cache builds ran 11-14% faster (median of 12 and 14 paired builds).
+    share one buffer, half the memory traffic of the out-of-place transform (BENCHMARKS.md).
     """
 
     def __init__(self):

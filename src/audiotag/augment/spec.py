@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..config import AugmentConfig
+from ..features.frontend import DB_CHANNELS
 
 
 class _Transform:
@@ -212,8 +213,6 @@ def build_transforms(cfg: AugmentConfig, *, seed: int, channels: list[str] | Non
 
     ``channels`` names the input channels (``features.frontend.channel_names``): gain and EQ move
     only the dB ones, and a raw waveform gets a linear gain and no band-wise transforms."""
-    from ..features.frontend import DB_CHANNELS
-
     waveform = channels == ["waveform"]
     db_channels = None if channels is None else [name in DB_CHANNELS for name in channels]
     out: list[_Transform] = []

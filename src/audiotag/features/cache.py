@@ -52,9 +52,8 @@ from ..data.records import Clip, Dataset
 from ..errors import AudiotagError, DataError, ValidationFailed
 from .frontend import FrontEnd
 
-# Bumped whenever this package computes or stores features differently for the same settings.
-# 3: mel band products through numpy; 4: features always on one torch thread (the CQT's last bits);
-# 5: frames transformed 1 MiB at a time; 6: in equal chunks of up to 384 frames, log10 through numpy on the CPU
+# Bumped whenever this package computes or stores features differently for the same settings
+# (what each bump changed is in git's history and BENCHMARKS.md).
 FEATURE_CODE_VERSION = 6
 STALE_PACK_S = 3600
 ALIGN = 64  # bytes: every array starts on a cache line (and a SIMD-friendly address)
@@ -112,8 +111,8 @@ class FeatureStore:
             db.execute("PRAGMA busy_timeout = 120000")
             try:
                 if db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() == "wal":
-                    # No fsync per commit (~2 ms per pack of 16 clips, ~7% of the build): WAL keeps the index
-                    # consistent through a crash, and entries a power cut rolls back are just rebuilt.
+                    # No fsync per commit: WAL keeps the index consistent through a crash, and entries a
+                    # power cut rolls back are just rebuilt.
                     db.execute("PRAGMA synchronous = NORMAL")
             except sqlite3.OperationalError:
                 pass  # some network filesystems refuse WAL; the default journal still works
@@ -342,8 +341,7 @@ def _extract(tasks: list[tuple[str, str]]) -> list[tuple[FileStat, AudioVerdict]
 def _contents(paths: list[Path]) -> Iterator[tuple[FileStat, bytes | OSError]]:
     """``stat_and_read`` of each path, in order: here while the files are in memory, and from the
     first that is not, by the reader threads, which fetch the rest while this process computes.
-    Reading in this thread when nothing waits on the disk spares the threads' hand-offs (2.4% of a
-    worker's time a clip, with a load on the other core)."""
+    Reading in this thread when nothing waits on the disk spares the threads' hand-offs."""
     for i, path in enumerate(paths):
         got = stat_and_read(path, wait=False)
         if got is None:
@@ -380,8 +378,8 @@ def build_features(ds: Dataset, config: Config, *, cache_dir: str | Path | None 
                                  audio_dirs={s: d for s, d in ds.audio_dirs.items() if s in splits})
     store = FeatureStore(cache_dir, config.audio, config.features)
     store.ensure()
-    # 32 clips per chunk, each one index transaction and one message each way: 2-5% faster than 16
-    # (A/B of whole builds), still a progress bar that moves every ~50 ms
+    # 32 clips per chunk (one index transaction and one message each way): fewer round trips, and a
+    # progress bar that still moves every ~50 ms
     scan = AudioScan(fn=_extract, chunked=True, chunk_size=32, initializer=_init_worker,
                      initargs=(config.to_dict(), str(cache_dir)),
                      needs_work=lambda verdict: verdict.ok and not store.has(verdict.digest), desc="features",

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import cqt_top_hz
+
 EXTRA_CHANNELS = ("mfcc", "chroma", "cqt", "phase", "freqpos", "denoised", "pcen")
 
 
@@ -106,13 +108,6 @@ class Chroma(nn.Module):
 
 def cqt_frequencies(n_bins: int, fmin: float, bins_per_octave: int) -> np.ndarray:
     return fmin * 2.0 ** (np.arange(n_bins) / bins_per_octave)
-
-
-def cqt_top_hz(n_bins: int, fmin: float, bins_per_octave: int) -> float:
-    """Upper edge of the highest bin's band (centre + half its bandwidth); must stay below Nyquist."""
-    q = 1.0 / (2.0 ** (1.0 / bins_per_octave) - 1)
-    top = float(cqt_frequencies(n_bins, fmin, bins_per_octave)[-1])
-    return top * (1 + 0.5 / q)
 
 
 def next_smooth(n: int) -> int:

@@ -6,9 +6,8 @@ log-mel's time is the FFT and the mel matrix product, so the product is computed
 mel filter only touches the FFT bins between its neighbours' centres, and grouping filters into
 bands skips most of a dense product's zeros. The real and imaginary parts are squared in place and
 the mel weights are repeated for both, so the power sum happens inside the matrix product. On the
-CPU the band products go through numpy (OpenBLAS): its kernels for narrow products are 1.8x as
-fast as torch's MKL ones on AMD Zen 4 (0.17 against 0.30 ms for a 10 s clip, with MKL on its fast
-kernels: see ``audiotag.mkl``).
+CPU the band products go through numpy (OpenBLAS), whose kernels for narrow products are faster
+than torch's MKL ones (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from torch import nn
 
 from .. import mkl
 from ..config import AudioConfig, FeatureConfig
+from .channels import PCEN, MFCC, Chroma, ConstantQ, FloorSubtracted, FrequencyPosition, InstantaneousFrequency
 
 
 # ----------------------------------------------------------------------------- mel scale
@@ -91,8 +91,7 @@ class LogMel(nn.Module):
     """
 
     # Filters per band: MKL (torch on the CPU) does best with wider bands, OpenBLAS (numpy) with
-    # narrow ones (measured on a 10 s clip, 64 mels: 16 per band 0.27 ms in torch; 4 per band
-    # 0.11 ms in numpy, 0.79 ms in torch). GPUs keep torch's wide bands (not measured there).
+    # narrow ones (BENCHMARKS.md). GPUs keep torch's wide bands.
     FILTERS_PER_BAND = 16
     FILTERS_PER_BAND_NUMPY = 4
     NUMPY_ON_CPU = True  # False: torch's products on the CPU too (the tests compare both)
@@ -127,13 +126,10 @@ class LogMel(nn.Module):
     def n_frames(self, n_samples: int) -> int:
         return 1 + n_samples // self.hop_length
 
-    # At most this many samples are framed and transformed at once (1.5 MiB of float32 frames: 384
-    # frames of n_fft 1024), in chunks of equal length. It bounds memory for clips of any length, and
-    # the frames and their spectrum then stay near the core: on AMD Zen 4 a 10 s clip's log-mel took
-    # 20% less time than in one piece. A chunk costs ~60 us of calls whatever its length, so a clip
-    # is split into as few as the bound allows (a 15 s clip in 2, not 256 + 256 + 239 frames):
-    # 384-frame chunks took 7.8% less time a clip than 256 (320: 2.7%, 512: 6.3%, 768: 8% more;
-    # clip by clip over 316 benchmark clips, in random order in one process).
+    # At most this many samples are framed and transformed at once (384 frames of n_fft 1024), in as
+    # few equal chunks as that allows: memory stays bounded for clips of any length, the frames and
+    # their spectrum stay in the core's cache, and each chunk's fixed cost is paid as few times as
+    # possible (the chunk sizes tried are in BENCHMARKS.md).
     CHUNK_SAMPLES = 384 * 1024
 
     def power_mel(self, waveform: torch.Tensor) -> torch.Tensor:
@@ -176,8 +172,7 @@ class LogMel(nn.Module):
     def _edge_frames(self, waveform: torch.Tensor, edges: range, frames: torch.Tensor, start: int) -> None:
         """Consecutive frames ``edges``, which pass an end of the signal, into ``frames`` (row 0 is
         frame ``start``): the samples they span are copied into a zeroed segment, framed from there."""
-        # On the CPU through numpy: a numpy call costs ~1 us against torch's ~4 (a 10 s clip's
-        # log-mel took ~3% less time than through torch).
+        # On the CPU through numpy: a numpy call costs less than a torch call, and there are many here.
         n, half, hop, n_fft = waveform.shape[-1], self.n_fft // 2, self.hop_length, self.n_fft
         width = (len(edges) - 1) * hop + n_fft
         if self.numpy_products(waveform):
@@ -202,8 +197,7 @@ class LogMel(nn.Module):
     def _power_mel_chunk_numpy(self, padded: torch.Tensor, out: np.ndarray) -> None:
         """Mel power of the frames in ``padded`` ``(B, t, n_fft + 2)`` (each row's first n_fft values),
         transformed in place by MKL where it can (the same bits as ``torch.fft.rfft``)."""
-        # Squares and products on numpy views: a numpy call costs ~1 us against torch's ~4, and a
-        # 10 s clip makes ~40 of them (its log-mel 0.342 -> 0.331 ms, clip by clip in alternating processes).
+        # Squares and products on numpy views: a numpy call costs less than a torch call, and a clip makes ~40.
         b, t, width = padded.shape
         rows = padded.numpy().reshape(b * t, width)
         if mkl.real_fft_in_place(rows, self.n_fft):
@@ -240,7 +234,7 @@ class LogMel(nn.Module):
         floor = self.amin ** (self.power / 2.0)
         mel.clamp_(min=floor)
         if self.numpy_products(waveform):
-            np.log10(mel.numpy(), out=mel.numpy())  # 1.4% of a clip's log-mel less than torch's log10_
+            np.log10(mel.numpy(), out=mel.numpy())  # numpy's log10 is faster than torch's here
         else:
             mel.log10_()
         db = mel.mul_(db_per_decade)
@@ -337,8 +331,6 @@ class FrontEnd(nn.Module):
 
     def __init__(self, audio: AudioConfig, features: FeatureConfig):
         super().__init__()
-        from .channels import PCEN, MFCC, Chroma, ConstantQ, FloorSubtracted, FrequencyPosition, InstantaneousFrequency
-
         f = features
         self.names = channel_names(f)
         self.n_channels = len(self.names)

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import Config, ModelConfig
 from ..errors import ConfigError
 from .cnn import CRNN, RecurrentTagger, ResNetCNN, VGGCNN, WaveCNN
 
@@ -31,3 +32,11 @@ def build_model(cfg: ModelConfig, *, in_channels: int, n_mels: int, n_classes: i
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def new_model(config: Config, *, channels: int, bands: int, n_classes: int, device: torch.device) -> nn.Module:
+    """The configured model for inputs ``(B, channels, bands, T)``, laid out and placed as training wants it."""
+    model = build_model(config.model, in_channels=channels, n_mels=bands, n_classes=n_classes)
+    if config.train.channels_last and hasattr(model, "use_channels_last"):
+        model = model.use_channels_last()
+    return model.to(device)

@@ -30,8 +30,9 @@ from ..audio.io import load_audio  # noqa: E402
 from ..errors import AudiotagError  # noqa: E402
 from ..features.frontend import FrontEnd  # noqa: E402
 from ..metrics import lwlrap, per_class_lwlrap  # noqa: E402
-from ..pipeline.budget import kaggle_minutes  # noqa: E402
-from ..pipeline.runs import Run, read_oof_predictions, read_predictions  # noqa: E402
+from ..ensemble.budget import kaggle_minutes  # noqa: E402
+from ..runs import Run, read_oof_predictions, read_predictions  # noqa: E402
+from .inspect import inspect_dataset  # noqa: E402
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -154,8 +155,6 @@ def _examples(ds, run: Run, test_path: Path, *, n: int = 6):
 def build_report(target: str | Path, out: str | Path, *, ablations: list[str | Path] = (), audio: bool = True,
                  progress: bool = True) -> Path:
     """Write ``out/index.html`` about the run or pipeline folder ``target``; returns its path."""
-    from .inspect import inspect_dataset
-
     target, out = Path(target), Path(out)
     stages, final = _stages(target)
     train_stages = [name for name, r in stages.items() if r["kind"] == "train"]

@@ -27,8 +27,9 @@ from ..data.folds import read_folds_csv
 from ..engine.precision import resolve_device
 from ..errors import AudiotagError
 from ..features.cache import build_features
+from ..plots import plt, save_figure
+from ..runs import DataSpec, Run, read_oof_predictions
 from .noisy import teacher_predictions
-from .runs import DataSpec, Run, read_oof_predictions
 
 
 def mixture_share(mean: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
@@ -152,11 +153,6 @@ def _write_report(out, summary, names, est, clips, given, probs, best_given, wor
 
 
 def _plot(path: Path, best_given: np.ndarray, oof: np.ndarray, oof_truth: np.ndarray) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     curated = np.where(oof_truth > 0, oof, -np.inf).max(axis=1)
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     bins = np.linspace(0, 1, 41)
@@ -166,6 +162,4 @@ def _plot(path: Path, best_given: np.ndarray, oof: np.ndarray, oof_truth: np.nda
            title="How well the models support each clip's labels")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with fsutil.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

@@ -27,7 +27,8 @@ from .. import fsutil
 from ..config import Config, config_from_dict
 from ..errors import AudiotagError
 from ..metrics import lwlrap
-from .runs import DataSpec, Run, read_oof_predictions, read_predictions
+from ..runs import DataSpec, Run, read_oof_predictions, read_predictions
+from ..training.train import resume, train
 
 STRATEGIES: dict[str, dict[str, object]] = {
     "curated": {"noisy.strategy": "none"},
@@ -106,7 +107,6 @@ def _pearson(a: tuple[list[str], np.ndarray], b: tuple[list[str], np.ndarray]) -
 
 def ablate(data: DataSpec, base: Config, *, out: str | Path, strategies: tuple[str, ...] = DEFAULT_STRATEGIES,
            seeds: tuple[int, ...] = (0, 1), cache_dir: str | Path | None = None, progress: bool = True) -> dict:
-    from .train import resume, train
 
     unknown = [s for s in strategies if s not in VARIANTS]
     if unknown:

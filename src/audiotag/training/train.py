@@ -15,18 +15,20 @@ from pathlib import Path
 
 import torch
 
+from .. import fsutil
+from ..audio.inventory import default_cache_dir
 from ..config import Config
 from ..data.folds import make_folds, read_folds_csv
-from ..errors import AudiotagError
-from ..features.cache import build_features
-from ..audio.inventory import default_cache_dir
-from ..parallel import resolve_workers
-from ..report.curves import plot_training_curves
-from .. import fsutil
 from ..engine import distributed
 from ..engine.precision import resolve_device, resolve_precision
-from .cv import assemble, crop_frames, load_fold_result, new_model, run_cv
-from .runs import DataSpec, Run
+from ..errors import AudiotagError
+from ..features.cache import build_features
+from ..models import new_model
+from ..parallel import resolve_workers
+from ..plots import plot_training_curves
+from ..runs import DataSpec, Run
+from .context import TrainingContext
+from .cv import assemble, crop_frames, load_fold_result, run_cv
 
 
 def _threads(config: Config) -> None:
@@ -119,9 +121,9 @@ def _train_run(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, pro
     start = time.perf_counter()
     marker = run.claim_fold(fold) if fold is not None and distributed.is_main() else None
     try:
-        scores = run_cv(run=run, config=config, ds=ds, features=features, folds=folds, train_clips=train_clips,
-                        test_clips=test_clips, device=device, precision=precision,
-                        folds_to_train=[fold] if fold is not None else None)
+        ctx = TrainingContext(run=run, config=config, ds=ds, features=features, folds=folds, train_clips=train_clips,
+                              test_clips=test_clips, device=device, precision=precision)
+        scores = run_cv(ctx, folds_to_train=[fold] if fold is not None else None)
     finally:
         if marker is not None:
             marker.unlink(missing_ok=True)
@@ -214,6 +216,7 @@ def merge(folder: str | Path, *, progress: bool = True) -> Run:
                             hint="train them first: " + "; ".join(f"audiotag train --resume {run.dir} --fold {k}"
                                                                   for k in missing))
     results = [load_fold_result(run, k, folds=folds, train_clips=train_clips) for k in todo]
-    scores = assemble(run=run, config=config, ds=ds, folds=folds, train_clips=train_clips, test_clips=test_clips,
-                      results=results)
+    ctx = TrainingContext(run=run, config=config, ds=ds, features=features, folds=folds, train_clips=train_clips,
+                          test_clips=test_clips, device=torch.device("cpu"), precision=info.get("precision", "fp32"))
+    scores = assemble(ctx, results)
     return _finish(run, scores, seconds=0.0)

@@ -7,19 +7,19 @@ from pathlib import Path
 
 from ..data.check import check_dataset
 from ..data.layouts import load_dataset
-from ..demo import DemoSpec, make_demo_dataset
+from ..data.synthetic import DemoSpec, make_demo_dataset
+from ..inference.score import score_submission
+from ..report.html import build_report
 from ..report.inspect import inspect_dataset
-from .runs import DataSpec
-from .submit import score_submission
+from ..runs import DataSpec
+from .pipeline import run_pipeline
+from .recipe import bundled_recipe, load_recipe
 
 
 def run_demo(out: str | Path = "demo", *, seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
     """Generate the demo data under ``out/data``, then check -> inspect -> the demo pipeline recipe
     (two K-fold models and their blend) -> score -> HTML report. Everything it writes stays under
     ``out`` (the feature cache too); running it again reuses finished stages."""
-    from ..report.html import build_report
-    from .recipe import bundled_recipe, load_recipe, run_pipeline
-
     out = Path(out)
     t0 = time.perf_counter()
     data = make_demo_dataset(out / "data", DemoSpec(seed=seed), overwrite=overwrite)

@@ -19,7 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
-from .metrics import lwlrap
+from ..metrics import lwlrap
 
 _EPS = 1e-6
 

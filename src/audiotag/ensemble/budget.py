@@ -20,9 +20,15 @@ from typing import Callable
 
 import numpy as np
 
+from ..audio.inventory import default_cache_dir
+from ..data.folds import read_folds_csv
+from ..engine.precision import inference_precision, resolve_device
 from ..errors import AudiotagError
+from ..features.bank import ClipBank
+from ..features.cache import build_features
+from ..inference.predict import average_folds, blend_views, inference_spec, predict_views
 from ..metrics import lwlrap
-from .ensemble import Member, _stack, _truth, check_aligned
+from .members import Member, check_aligned, member_truth, stack_members
 
 # FAT2019's kernels had one hour of GPU time for ~3,400 private test clips.
 KAGGLE_TEST_CLIPS = 3361
@@ -42,23 +48,12 @@ class ViewPredictions:
     fold_mean: str
 
     def member_at(self, member: Member, views: int) -> Member:
-        from .predict import average_folds, blend_views
-
         test = average_folds([blend_views(t, self.beta, views) for t in self.test_per_fold], self.fold_mean)
         return dataclasses.replace(member, oof=blend_views(self.oof, self.beta, views), test=test)
 
 
 def predict_by_view(member: Member, *, cache_dir: str | Path | None, progress: bool = False) -> ViewPredictions:
     """Predict a finished run's OOF and test clips again with its fold models, keeping the views apart."""
-    from ..audio.inventory import default_cache_dir
-    from ..data.folds import read_folds_csv
-    from ..engine.precision import inference_precision, resolve_device
-    from ..features.cache import build_features
-    from .cv import inference_spec, load_fold_model
-    from .inputs import ClipBank
-    from .predict import predict_views
-    from .submit import finished_folds
-
     run = member.run
     config = run.config
     device = resolve_device(config.train.device)
@@ -77,8 +72,8 @@ def predict_by_view(member: Member, *, cache_dir: str | Path | None, progress: b
     test_order = [test_row[c.fname] for c in test_clips]
     oof = np.zeros((spec.views + 1, len(member.oof_fnames), len(member.vocabulary)))
     tests = []
-    for k in finished_folds(run):
-        model = load_fold_model(run, k, config=config, device=device)
+    for k in run.finished_folds():
+        model = run.load_fold_model(k, config=config, device=device)
         val = [train_clips[i] for i in folds.indices(train_clips, k)[1]]
         oof[:, [oof_row[c.fname] for c in val]] = predict_views(model, ClipBank.from_features(features, val), spec,
                                                                device=device, precision=precision)
@@ -112,8 +107,8 @@ def fit_budget(candidates: list[BudgetMember], budget_minutes: float, *,
     predictions by view; it is called only when the budget is exceeded."""
     members = [c.member for c in candidates]
     check_aligned(members)
-    fnames, _, _, _ = _stack(members)
-    y, _ = _truth(members[0], fnames, members[0].test_fnames)
+    fnames, _, _, _ = stack_members(members)
+    y, _ = member_truth(members[0], fnames, members[0].test_fnames)
     by_name = {c.member.name: c for c in candidates}
     split: dict[str, ViewPredictions] = {}
     at_views: dict[tuple[str, int], Member] = {}
@@ -136,7 +131,7 @@ def fit_budget(candidates: list[BudgetMember], budget_minutes: float, *,
         return kaggle_minutes(sum(ms(n, v) for n, v in state.items()))
 
     def score(state: dict[str, int]) -> float:
-        _, X, _, _ = _stack([member(n, v) for n, v in state.items()])
+        _, X, _, _ = stack_members([member(n, v) for n, v in state.items()])
         return float(lwlrap(y, X.mean(axis=1)))
 
     full = {c.member.name: c.views for c in candidates}

@@ -20,8 +20,8 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import butter, sosfilt
 
-from . import fsutil
-from .errors import DataError
+from .. import fsutil
+from ..errors import DataError
 
 GENERATOR_VERSION = 1
 

@@ -26,15 +26,16 @@ import numpy as np
 import torch
 
 from .. import fsutil
-from ..config import Config, NoisyConfig
+from ..config import NoisyConfig
 from ..data.folds import Folds, read_folds_csv
 from ..data.records import Clip, Dataset
 from ..engine.losses import SourceAwareLoss
 from ..errors import AudiotagError
+from ..features.bank import ClipBank
 from ..features.cache import FeatureSet
-from .inputs import ClipBank
-from .predict import predict_model
-from .runs import Run
+from ..inference.predict import inference_spec, predict_model
+from ..runs import Run
+from .context import TrainingContext
 
 
 @dataclass
@@ -84,8 +85,6 @@ def training_bank(features: FeatureSet, curated: list[Clip], curated_targets: np
 def teacher_predictions(teacher: Run, features: FeatureSet, clips: list[Clip], *, folds: Folds, device: torch.device,
                         cache: Path, progress_log=print) -> dict[int, np.ndarray]:
     """Each teacher fold model's probabilities for ``clips`` (clean windows, no TTA), cached in ``cache``."""
-    from .cv import inference_spec, load_fold_model  # cv imports this module
-
     teacher_folds = read_folds_csv(teacher.dir / "folds.csv")
     if teacher_folds.fold != folds.fold:
         raise AudiotagError(f"the teacher run {teacher.dir} used other folds than this run",
@@ -103,7 +102,7 @@ def teacher_predictions(teacher: Run, features: FeatureSet, clips: list[Clip], *
             raise AudiotagError(f"the teacher run {teacher.dir} has not finished fold {k}",
                                 hint=f"finish it: audiotag train --resume {teacher.dir}")
         progress_log(f"teacher fold {k}: predicting {len(clips)} noisy clips")
-        model = load_fold_model(teacher, k, config=config, device=device)
+        model = teacher.load_fold_model(k, config=config, device=device)
         out[k] = predict_model(model, bank, inference_spec(config, views=0), device=device,
                                precision=teacher.info.get("precision", "fp32"))
         fsutil.save_npy(path, out[k])
@@ -188,9 +187,9 @@ def pseudo_labels_for_test_clips(path: str | Path, test_clips: list[Clip], vocab
 class NoisyPlan:
     """What ``config.noisy`` means for one run: the noisy part of each fold's training set."""
 
-    def __init__(self, *, run: Run, config: Config, ds: Dataset, features: FeatureSet, folds: Folds,
-                 device: torch.device):
-        self.cfg, self.run, self.features, self.folds, self.device = config.noisy, run, features, folds, device
+    def __init__(self, ctx: TrainingContext):
+        config, ds = ctx.config, ctx.ds
+        self.cfg, self.run, self.features, self.folds, self.device = config.noisy, ctx.run, ctx.features, ctx.folds, ctx.device
         self.vocabulary = ds.vocabulary
         self.clips = noisy_clips(ds, config.noisy, seed=config.seed) if self.strategy != "none" else []
         self.given = ds.label_matrix(self.clips)

@@ -31,12 +31,17 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .. import __version__, fsutil
-from ..config import Config, config_from_dict
-from ..data.layouts import load_dataset
-from ..data.records import Dataset, Problem
-from ..errors import AudiotagError, DataError
-from ..features.cache import library_versions
+import torch
+
+from . import fsutil
+from .config import Config, config_from_dict
+from .data.layouts import load_dataset
+from .data.records import Dataset, Problem
+from .engine.checkpoint import load_checkpoint
+from .errors import AudiotagError, DataError
+from .features.cache import library_versions
+from .models import new_model
+from .version import __version__
 
 
 @dataclass
@@ -262,8 +267,40 @@ class Run:
         path = self.dir / "scores.json"
         return json.loads(path.read_text()) if path.exists() else None
 
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        """The labels, in the order of the models' outputs (run.json; the first checkpoint's for older runs)."""
+        saved = self.info.get("vocabulary")
+        if saved:
+            return tuple(saved)
+        return tuple(load_checkpoint(self.fold_dir(self.finished_folds()[0]) / "best.pt")["vocabulary"])
+
     def fold_dir(self, k: int) -> Path:
         return self.dir / f"fold_{k}"
+
+    def finished_folds(self) -> list[int]:
+        folds = sorted(int(p.parent.name.split("_")[1]) for p in self.dir.glob("fold_*/done.json"))
+        if not folds:
+            raise AudiotagError(f"{self.dir} has no finished fold to predict with",
+                                hint=f"finish training first: audiotag train --resume {self.dir}")
+        return folds
+
+    def load_fold_model(self, k: int, *, device: torch.device, config: Config | None = None,
+                        which: str | None = None) -> torch.nn.Module:
+        """Fold ``k``'s chosen weights (``train.checkpoint``: best or last) in a fresh model, eval mode."""
+        config = config or self.config
+        which = which or config.train.checkpoint
+        state = load_checkpoint(self.fold_dir(k) / f"{which}.pt")
+        weights = state["model"] if which == "best" else state["trainer"]["model"]
+        model = new_model(config, channels=state["channels"], bands=state["bands"],
+                          n_classes=len(state["vocabulary"]), device=device)
+        model.load_state_dict(weights)
+        return model.eval()
+
+    def load_fold_models(self, *, device: torch.device) -> list[torch.nn.Module]:
+        """Every finished fold's model, in fold order."""
+        config = self.config
+        return [self.load_fold_model(k, device=device, config=config) for k in self.finished_folds()]
 
     # ------------------------------------------------------------------ logging
 

@@ -1,9 +1,8 @@
-"""From cached features to training batches and inference windows.
+"""Training batches from cached features.
 
-:class:`ClipBank` holds the (memory-mapped) features of a list of clips and cuts fixed-length
-pieces out of them, padding short clips by wrapping or with the floor value. :class:`CropSampler`
-decides which clips and which crops make each training batch; its choices are a pure function of
-(seed, fold, epoch), so a resumed run sees exactly the batches an uninterrupted one would.
+:class:`CropSampler` decides which clips and which crops make each training batch; its choices are
+a pure function of (seed, fold, epoch), so a resumed run sees exactly the batches an uninterrupted
+one would. :func:`prefetch` makes them ahead of a GPU.
 """
 
 from __future__ import annotations
@@ -16,47 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.records import Clip
-from ..features.cache import FeatureSet
-
-
-class ClipBank:
-    """Features ``(C, F, T_i)`` of a list of clips, in order, with their targets ``(n, K)``."""
-
-    def __init__(self, arrays: list[np.ndarray], targets: np.ndarray | None = None):
-        self.arrays = arrays
-        self.targets = targets
-        self.lengths = np.array([a.shape[-1] for a in self.arrays])
-        first = self.arrays[0] if self.arrays else None
-        self.channels, self.bands = (first.shape[0], first.shape[1]) if first is not None else (0, 0)
-
-    @classmethod
-    def from_features(cls, features: FeatureSet, clips: list[Clip], targets: np.ndarray | None = None) -> "ClipBank":
-        return cls([features.load(c) for c in clips], targets)  # memory-mapped: nothing is read yet
-
-    def __len__(self) -> int:
-        return len(self.arrays)
-
-    def piece(self, i: int, start: int, length: int, *, pad_mode: str = "wrap") -> np.ndarray:
-        """``length`` frames of clip ``i`` from ``start`` (float32 ``(C, F, length)``).
-
-        A clip shorter than ``length`` is repeated (``wrap``, starting ``start`` frames in) or
-        placed at ``start`` within a crop filled with the clip's floor value (``constant``).
-        """
-        a = self.arrays[i]
-        n = a.shape[-1]
-        if n >= length:
-            return np.asarray(a[..., start : start + length], dtype=np.float32)
-        out = np.empty((a.shape[0], a.shape[1], length), dtype=np.float32)
-        clip = np.asarray(a, dtype=np.float32)
-        if pad_mode == "wrap":
-            reps = -(-(length + start) // n)
-            out[:] = np.tile(clip, (1, 1, reps))[..., start % n : start % n + length]
-        else:
-            out[:] = clip.min()
-            start = min(start, length - n)
-            out[..., start : start + n] = clip
-        return out
+from ..features.bank import ClipBank
 
 
 def class_balanced_weights(targets: np.ndarray) -> np.ndarray:
@@ -195,17 +154,3 @@ def prefetch(batches: Iterable, *, depth: int = 3, pin_memory: bool = False) -> 
     finally:
         stop.set()
         worker.join()
-
-
-def window_starts(n_frames: int, window: int, hop: int, *, offset: int = 0) -> list[int]:
-    """Start frames of sliding windows covering ``n_frames``: every ``hop`` from ``offset``, and the
-    last window aligned to the end so no frame is left out. A short clip gets one window."""
-    if n_frames < window:  # padded to the window: an offset moves where the wrap begins
-        return [offset % max(n_frames, 1)] if offset else [0]
-    if n_frames == window:
-        return [0]
-    last = n_frames - window
-    starts = list(range(offset % hop if offset else 0, last + 1, hop))
-    if not starts or starts[-1] != last:
-        starts.append(last)
-    return starts

@@ -17,10 +17,33 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import PredictConfig
+from ..config import Config, PredictConfig
 from ..engine import distributed
 from ..engine.precision import autocast
-from .inputs import ClipBank, window_starts
+from ..features.bank import ClipBank
+
+
+def frames_per_second(config: Config) -> float:
+    return config.audio.sample_rate / config.features.hop_length
+
+
+def window_frames(config: Config) -> int:
+    seconds = config.predict.window_seconds or config.train.crop_seconds
+    return max(1, int(round(seconds * frames_per_second(config))))
+
+
+def window_starts(n_frames: int, window: int, hop: int, *, offset: int = 0) -> list[int]:
+    """Start frames of sliding windows covering ``n_frames``: every ``hop`` from ``offset``, and the
+    last window aligned to the end so no frame is left out. A short clip gets one window."""
+    if n_frames < window:  # padded to the window: an offset moves where the wrap begins
+        return [offset % max(n_frames, 1)] if offset else [0]
+    if n_frames == window:
+        return [0]
+    last = n_frames - window
+    starts = list(range(offset % hop if offset else 0, last + 1, hop))
+    if not starts or starts[-1] != last:
+        starts.append(last)
+    return starts
 
 
 @dataclass
@@ -39,6 +62,12 @@ class InferenceSpec:
         return cls(window=window, hop=max(1, int(round(window * (1 - cfg.overlap)))), aggregate=cfg.aggregate,
                    pad_mode=pad_mode, views=cfg.tta_views if views is None else views, beta=cfg.tta_beta,
                    batch_size=cfg.batch_size, seed=seed)
+
+
+def inference_spec(config: Config, *, views: int | None = None) -> InferenceSpec:
+    """How a run of ``config`` predicts: its windows, TTA views (``views`` overrides) and batch size."""
+    return InferenceSpec.from_config(config.predict, window=window_frames(config), pad_mode=config.train.pad_mode,
+                                     seed=config.seed, views=views)
 
 
 def _view_pieces(bank: ClipBank, spec: InferenceSpec, view: int) -> list[tuple[int, int, int]]:

@@ -1,0 +1,46 @@
+"""What every fold of one training run shares: its folder, data, folds, config, device and precision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..data.folds import Folds
+from ..data.records import Clip, Dataset
+from ..features.cache import FeatureSet
+from ..runs import Run
+
+
+@dataclass
+class TrainingContext:
+    """One run's shared state, handed down ``run_cv -> run_fold -> fit`` instead of keyword lists.
+
+    ``plan`` (the noisy set's part of each fold) and ``pretrained`` (weights every fold starts
+    from) are filled in by :func:`audiotag.training.cv.run_cv` once the run's strategy has made them."""
+
+    run: Run
+    config: Config
+    ds: Dataset
+    features: FeatureSet
+    folds: Folds
+    train_clips: list[Clip]
+    test_clips: list[Clip]
+    device: torch.device
+    precision: str
+    plan: object | None = None  # a noisy.NoisyPlan (which is built from a context)
+    pretrained: Path | None = None
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        return self.ds.vocabulary
+
+    def targets(self, clips: list[Clip]) -> np.ndarray:
+        return self.ds.label_matrix(clips)
+
+    def fold_split(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices into ``train_clips`` of fold ``k``'s training and validation clips."""
+        return self.folds.indices(self.train_clips, k)
