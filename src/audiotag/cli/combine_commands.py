@@ -16,7 +16,7 @@ from .options import Shared, add_subcommand, config_of, data_spec, overrides
 def cmd_ensemble(args) -> int:
     blends = tuple(b.strip() for b in args.blends.split(",") if b.strip()) if args.blends else DEFAULT_BLENDS
     summary = ensemble_runs(args.runs, out=args.out, blends=blends, prune_threshold=args.prune,
-                            progress=not args.quiet)
+             progress=not args.quiet)
     best = summary["best_member"]
     print(f"kept {len(summary['kept'])} of {len(summary['members'])} runs: {', '.join(summary['kept'])}")
     print(f"best single run {best['model']}: OOF lwlrap {best['oof_lwlrap']:.4f}"
@@ -30,19 +30,20 @@ def cmd_ensemble(args) -> int:
 
 
 def add_ensemble(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "ensemble", "blend several finished runs: correlation, pruning, weighted blends, stacking",
-             "Align the runs' out-of-fold and test predictions by fname (runs must share clips, folds and labels), "
-             "report their Pearson correlation, drop members too correlated with a better one, and score every "
-             "blend by nested cross-validation on the runs' folds. The blend with the best nested OOF lwlrap "
-             "writes OUT/submission.csv; OUT/blends.md is the report.",
-             "audiotag ensemble runs/vgg runs/resnet runs/vgg-seed1 --out runs/ensemble\n"
-             "audiotag ensemble runs/* --out ens --blends mean,caruana,stack_logistic --prune 0.95",
-                       parents=[shared.quiet])
+    p = add_subcommand(
+        subs, "ensemble", "blend several finished runs: correlation, pruning, weighted blends, stacking",
+        "Align the runs' out-of-fold and test predictions by fname (runs must share clips, folds and labels), "
+        "report their Pearson correlation, drop members too correlated with a better one, and score every "
+        "blend by nested cross-validation on the runs' folds. The blend with the best nested OOF lwlrap "
+        "writes OUT/submission.csv; OUT/blends.md is the report.",
+        "audiotag ensemble runs/vgg runs/resnet runs/vgg-seed1 --out runs/ensemble\n"
+        "audiotag ensemble runs/* --out ens --blends mean,caruana,stack_logistic --prune 0.95",
+        parents=[shared.quiet])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the report and submission")
     p.add_argument("--blends", metavar="LIST",
                    help="comma-separated blends (default: all of mean, geometric, rank, weighted, caruana, "
-                        "stack_logistic, stack_mlp)")
+         "stack_logistic, stack_mlp)")
     p.add_argument("--prune", type=float, default=0.97, metavar="R",
                    help="drop a run whose Pearson r with a better kept run exceeds R (default 0.97; 1 keeps all)")
     p.set_defaults(func=cmd_ensemble)
@@ -55,7 +56,7 @@ def cmd_pipeline(args) -> int:
     if args.budget_minutes is not None:
         recipe = with_budget(recipe, args.budget_minutes)
     summary = run_pipeline(recipe, data_spec(args), out=args.out, base=load_config(args.config),
-                           cache_dir=args.cache_dir, progress=not args.quiet)
+            cache_dir=args.cache_dir, progress=not args.quiet)
     print((Path(args.out) / "pipeline.md").read_text(), end="")
     if "submission" in summary:
         print(f"submission: {summary['submission']}")
@@ -63,20 +64,21 @@ def cmd_pipeline(args) -> int:
 
 
 def add_pipeline(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "pipeline", "run a recipe of stages (baseline, noisy set, other inputs, blend) to a submission",
-             "RECIPE is a YAML file or a bundled recipe: demo (the demo data, minutes), cpu-small (a --scale small "
-             "benchmark on a 2-core CPU), gpu-full (FSDKaggle2019 on a GPU). Every stage is a run folder under OUT; "
-             "OUT/pipeline.json records what each stage was made from, so running the same command again skips "
-             "finished stages, resumes an interrupted one and redoes only stages whose settings or inputs changed. "
-             "Ends with OUT/submission.csv and OUT/pipeline.md (CV and test lwlrap, minutes and inference time per "
-             "stage). --set applies to every stage, over the recipe. --budget-minutes caps the inference time "
-             "of every ensemble stage (estimated for FAT2019's 3,361 test clips from this machine's measurement): "
-             "TTA views and members are cut, least lwlrap lost first, and each cut is reported.",
-             "audiotag pipeline demo --data demo/data --out runs/pipeline-demo\n"
-             "audiotag pipeline demo --data demo/data --out runs/pipeline-demo --budget-minutes 2\n"
-             "audiotag pipeline cpu-small --data .bench/small --out runs/pipeline --cache-dir .bench/cache\n"
-             "audiotag pipeline my-recipe.yaml --data data/fat2019 --out runs/p --set train.epochs=5",
-                       parents=[shared.data, shared.config, shared.device, shared.cache, shared.workers, shared.quiet])
+    p = add_subcommand(
+        subs, "pipeline", "run a recipe of stages (baseline, noisy set, other inputs, blend) to a submission",
+        "RECIPE is a YAML file or a bundled recipe: demo (the demo data, minutes), cpu-small (a --scale small "
+        "benchmark on a 2-core CPU), gpu-full (FSDKaggle2019 on a GPU). Every stage is a run folder under OUT; "
+        "OUT/pipeline.json records what each stage was made from, so running the same command again skips "
+        "finished stages, resumes an interrupted one and redoes only stages whose settings or inputs changed. "
+        "Ends with OUT/submission.csv and OUT/pipeline.md (CV and test lwlrap, minutes and inference time per "
+        "stage). --set applies to every stage, over the recipe. --budget-minutes caps the inference time "
+        "of every ensemble stage (estimated for FAT2019's 3,361 test clips from this machine's measurement): "
+        "TTA views and members are cut, least lwlrap lost first, and each cut is reported.",
+        "audiotag pipeline demo --data demo/data --out runs/pipeline-demo\n"
+        "audiotag pipeline demo --data demo/data --out runs/pipeline-demo --budget-minutes 2\n"
+        "audiotag pipeline cpu-small --data .bench/small --out runs/pipeline --cache-dir .bench/cache\n"
+        "audiotag pipeline my-recipe.yaml --data data/fat2019 --out runs/p --set train.epochs=5",
+        parents=[shared.data, shared.config, shared.device, shared.cache, shared.workers, shared.quiet])
     p.add_argument("recipe", metavar="RECIPE", help="a recipe YAML file, or demo | cpu-small | gpu-full")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the stages, report and submission")
     p.add_argument("--budget-minutes", type=float, metavar="M",
@@ -101,24 +103,25 @@ def cmd_ablate(args) -> int:
 
 
 def add_ablate(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "ablate", "compare noisy-set strategies, inputs or model families on the same folds and seeds",
-             "Train each variant for each seed as a normal run folder under OUT, then write ablation.md/.csv: OOF "
-             "lwlrap on curated clips, test lwlrap when the data has test labels, a paired bootstrap interval of each "
-             "variant's gain over the baseline (curated when listed, else the first), the Pearson correlation of its "
-             "OOF predictions with the baseline's, minutes per run. Noisy-set strategies: curated, joint, joint_smooth, "
-             "joint_bootstrap, joint_lq, joint_drop, pretrain, pseudo_agree, pseudo_relabel, pseudo_soft, mixmatch. "
-             "Inputs and models: logmel, logmel_deltas, mfcc, cqt, logmel_phase, logmel_chroma, logmel_freqpos, "
-             "logmel_denoised, pcen, wavecnn, crnn, rnn, attention, resnet. Re-running continues where it stopped.",
-             "audiotag ablate --data .bench/small --out runs/ablation --seeds 0,1 --set train.epochs=40\n"
-             "audiotag ablate --data .bench/small --out runs/inputs --variants representations --seeds 0\n"
-             "audiotag ablate --data data/fat2019 --out runs/abl --strategies curated,pretrain,pseudo_agree",
-                       parents=[shared.data, shared.config, shared.device, shared.cache, shared.workers, shared.quiet])
+    p = add_subcommand(
+        subs, "ablate", "compare noisy-set strategies, inputs or model families on the same folds and seeds",
+        "Train each variant for each seed as a normal run folder under OUT, then write ablation.md/.csv: OOF "
+        "lwlrap on curated clips, test lwlrap when the data has test labels, a paired bootstrap interval of each "
+        "variant's gain over the baseline (curated when listed, else the first), the Pearson correlation of its "
+        "OOF predictions with the baseline's, minutes per run. Noisy-set strategies: curated, joint, joint_smooth, "
+        "joint_bootstrap, joint_lq, joint_drop, pretrain, pseudo_agree, pseudo_relabel, pseudo_soft, mixmatch. "
+        "Inputs and models: logmel, logmel_deltas, mfcc, cqt, logmel_phase, logmel_chroma, logmel_freqpos, "
+        "logmel_denoised, pcen, wavecnn, crnn, rnn, attention, resnet. Re-running continues where it stopped.",
+        "audiotag ablate --data .bench/small --out runs/ablation --seeds 0,1 --set train.epochs=40\n"
+        "audiotag ablate --data .bench/small --out runs/inputs --variants representations --seeds 0\n"
+        "audiotag ablate --data data/fat2019 --out runs/abl --strategies curated,pretrain,pseudo_agree",
+        parents=[shared.data, shared.config, shared.device, shared.cache, shared.workers, shared.quiet])
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the runs and the table")
     choice = p.add_mutually_exclusive_group()
     choice.add_argument("--strategies", metavar="LIST", help="comma-separated variants, or 'noisy' (the default: "
-                                                              "curated,joint,joint_lq,pretrain,pseudo_agree,mixmatch)")
+                                               "curated,joint,joint_lq,pretrain,pseudo_agree,mixmatch)")
     choice.add_argument("--variants", metavar="LIST", help="same as --strategies; 'representations' = logmel,"
-                                                            "logmel_deltas,mfcc,cqt,logmel_phase,wavecnn,crnn")
+                                             "logmel_deltas,mfcc,cqt,logmel_phase,wavecnn,crnn")
     p.add_argument("--seeds", default="0,1", metavar="LIST", help="comma-separated seeds (default: 0,1)")
     p.set_defaults(func=cmd_ablate)
 
@@ -130,15 +133,16 @@ def cmd_report(args) -> int:
 
 
 def add_report(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "report", "one self-contained HTML page about a run or a pipeline",
-             "Data summary, every stage's CV and test lwlrap, time and inference cost, ablation tables (--ablation), "
-             "per-class lwlrap of the final predictions, the ensemble's correlation heatmap, training curves and "
-             "example spectrograms with predicted vs true tags, in OUT/index.html with the images embedded.",
-             "audiotag report runs/pipeline --out runs/pipeline/report\n"
-             "audiotag report runs/baseline --out report --ablation runs/ablation",
-                       parents=[shared.quiet])
+    p = add_subcommand(
+        subs, "report", "one self-contained HTML page about a run or a pipeline",
+        "Data summary, every stage's CV and test lwlrap, time and inference cost, ablation tables (--ablation), "
+        "per-class lwlrap of the final predictions, the ensemble's correlation heatmap, training curves and "
+        "example spectrograms with predicted vs true tags, in OUT/index.html with the images embedded.",
+        "audiotag report runs/pipeline --out runs/pipeline/report\n"
+        "audiotag report runs/baseline --out report --ablation runs/ablation",
+        parents=[shared.quiet])
     p.add_argument("target", metavar="RUN_OR_PIPELINE", help="a run folder or a pipeline folder")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for index.html")
     p.add_argument("--ablation", action="append", metavar="DIR", help="an `audiotag ablate` folder to include "
-                                                                       "(repeatable)")
+                                                        "(repeatable)")
     p.set_defaults(func=cmd_report)

@@ -21,13 +21,14 @@ def cmd_demo(args) -> int:
 
 
 def add_demo(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "demo", "generate the built-in synthetic dataset and run the pipeline on it",
-             "Generate a synthetic FAT2019-layout dataset (14 sound classes, curated/noisy/test splits) "
-             "and run check -> inspect -> the demo pipeline recipe (a log-mel CNN and a log-mel+CQT CNN, each with "
-             "K-fold CV, blended by nested CV) -> score -> HTML report on it. Needs no download; a few minutes on a "
-             "2-core CPU.",
-             "audiotag demo --out demo",
-                       parents=[shared.quiet])
+    p = add_subcommand(
+        subs, "demo", "generate the built-in synthetic dataset and run the pipeline on it",
+        "Generate a synthetic FAT2019-layout dataset (14 sound classes, curated/noisy/test splits) "
+        "and run check -> inspect -> the demo pipeline recipe (a log-mel CNN and a log-mel+CQT CNN, each with "
+        "K-fold CV, blended by nested CV) -> score -> HTML report on it. Needs no download; a few minutes on a "
+        "2-core CPU.",
+        "audiotag demo --out demo",
+        parents=[shared.quiet])
     p.add_argument("--out", default="demo", metavar="DIR", help="folder for the data, cache and outputs (default: demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated dataset (default 0)")
     p.add_argument("--overwrite", action="store_true", help="regenerate the data even if it exists")
@@ -38,7 +39,7 @@ def cmd_check(args) -> int:
     config = config_of(args)
     ds = load(args, audio=not args.no_audio)
     report = check_dataset(ds, audio=not args.no_audio, cache_dir=args.cache_dir, num_workers=config.data.num_workers,
-                           progress=not args.quiet, sample_rate=config.audio.sample_rate)
+            progress=not args.quiet, sample_rate=config.audio.sample_rate)
     text = report.format()
     if text:
         print(text)
@@ -56,15 +57,16 @@ def cmd_check(args) -> int:
 
 
 def add_check(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "check", "validate a dataset and list every problem",
-             "Validate a dataset before any heavy work: CSV rows, labels, paths, missing and stray files, "
-             "and every audio file (decoded once; verdicts are cached). Exit status 1 when anything is wrong.",
-             """
-             audiotag check --data data/fat2019 --report problems.csv
-             audiotag check --csv ESC-50/meta/esc50.csv --audio-dir ESC-50/audio
-             audiotag check --data data/fat2019 --skip-bad   # exit 0 if the bad clips can simply be left out
-             """,
-                       parents=[shared.data, shared.config, shared.cache, shared.workers, shared.skip_bad, shared.quiet])
+    p = add_subcommand(
+        subs, "check", "validate a dataset and list every problem",
+        "Validate a dataset before any heavy work: CSV rows, labels, paths, missing and stray files, "
+        "and every audio file (decoded once; verdicts are cached). Exit status 1 when anything is wrong.",
+        """
+        audiotag check --data data/fat2019 --report problems.csv
+        audiotag check --csv ESC-50/meta/esc50.csv --audio-dir ESC-50/audio
+        audiotag check --data data/fat2019 --skip-bad   # exit 0 if the bad clips can simply be left out
+        """,
+        parents=[shared.data, shared.config, shared.cache, shared.workers, shared.skip_bad, shared.quiet])
     add_data_positional(p)
     p.add_argument("--no-audio", action="store_true", help="check the CSVs only (no audio folders needed)")
     p.add_argument("--report", metavar="FILE", help="also write every problem to this CSV")
@@ -74,7 +76,7 @@ def add_check(subs, shared: Shared) -> None:
 def cmd_inspect(args) -> int:
     ds = load(args, audio=not args.no_audio)
     summary = inspect_dataset(ds, args.out, audio=not args.no_audio, config=config_of(args),
-                              max_example_classes=args.max_examples, progress=not args.quiet)
+               max_example_classes=args.max_examples, progress=not args.quiet)
     parts = [f"{s['clips']} {name}" for name, s in summary["splits"].items()]
     print(f"{summary['layout']} dataset: {', '.join(parts)} clips; {summary['vocabulary_size']} labels")
     for name, s in summary["splits"].items():
@@ -88,11 +90,12 @@ def cmd_inspect(args) -> int:
 
 
 def add_inspect(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "inspect", "summarise a dataset with plots (know your data)",
-             "Write summary.md, summary.json and PNG plots: clip counts, label distribution per split, labels per "
-             "clip, class imbalance, curated-vs-noisy label shift, durations and example spectrograms.",
-             "audiotag inspect --data data/fat2019 --out inspect/\naudiotag inspect --data FSDKaggle2019.meta --no-audio --out meta-summary/",
-                       parents=[shared.data, shared.config, shared.quiet])
+    p = add_subcommand(
+        subs, "inspect", "summarise a dataset with plots (know your data)",
+        "Write summary.md, summary.json and PNG plots: clip counts, label distribution per split, labels per "
+        "clip, class imbalance, curated-vs-noisy label shift, durations and example spectrograms.",
+        "audiotag inspect --data data/fat2019 --out inspect/\naudiotag inspect --data FSDKaggle2019.meta --no-audio --out meta-summary/",
+        parents=[shared.data, shared.config, shared.quiet])
     add_data_positional(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the summary and plots")
     p.add_argument("--no-audio", action="store_true", help="summarise from the CSVs alone")
@@ -112,11 +115,12 @@ def cmd_features(args) -> int:
 
 
 def add_features(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "features", "validate a dataset and build its feature cache",
-             "Validate a dataset and compute the configured features of every clip into the cache (once per "
-             "settings, audio content and library versions; later runs reuse it).",
-             "audiotag features --data data/fat2019 --set features.n_mels=128 --skip-bad",
-                       parents=[shared.data, shared.config, shared.cache, shared.workers, shared.skip_bad, shared.quiet])
+    p = add_subcommand(
+        subs, "features", "validate a dataset and build its feature cache",
+        "Validate a dataset and compute the configured features of every clip into the cache (once per "
+        "settings, audio content and library versions; later runs reuse it).",
+        "audiotag features --data data/fat2019 --set features.n_mels=128 --skip-bad",
+        parents=[shared.data, shared.config, shared.cache, shared.workers, shared.skip_bad, shared.quiet])
     add_data_positional(p)
     p.add_argument("--splits", metavar="LIST", help="only these splits, e.g. curated,test (default: all)")
     p.set_defaults(func=cmd_features)
@@ -128,31 +132,32 @@ def cmd_config(args) -> int:
 
 
 def add_config(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "config", "print the resolved configuration",
-             "Print the configuration that a command would use: the defaults, then --config, then each --set. "
-             "Unknown keys, wrong types and out-of-range values are reported.",
-             "audiotag config --config experiments/mels128.yaml --set features.deltas=true",
-                       parents=[shared.config, shared.device])
+    p = add_subcommand(
+        subs, "config", "print the resolved configuration",
+        "Print the configuration that a command would use: the defaults, then --config, then each --set. "
+        "Unknown keys, wrong types and out-of-range values are reported.",
+        "audiotag config --config experiments/mels128.yaml --set features.deltas=true",
+        parents=[shared.config, shared.device])
     p.set_defaults(func=cmd_config)
 
 
 def cmd_bench(args) -> int:
     if args.what == "channels":
         r = bench_channels(args.data, config=config_of(args), limit=args.limit or 200, report=args.report,
-                           progress=not args.quiet)
+            progress=not args.quiet)
         for name, row in r["channels"].items():
             lib = "" if row["librosa_ms"] is None else f"; librosa {row['librosa_ms']:.2f} ms ({row['librosa']})"
             print(f"{name}: audiotag {row['ours_ms']:.2f} ms/clip{lib}")
         return 0
     if args.what == "training":
         r = bench_training(args.data, config=config_of(args), cache_dir=args.cache_dir, report=args.report,
-                           progress=not args.quiet)
+            progress=not args.quiet)
         print(f"{r['model']} ({r['precision']}): training {r['train_clips_per_s']:.0f} clips/s; inference "
               f"{r['inference_clips_per_s']:.0f} clips/s, {r['tta_clips_per_s']:.0f} with {r['tta_views']} TTA views")
         return 0
 
     result = bench_features(args.data, config=config_of(args), limit=args.limit, report=args.report,
-                            progress=not args.quiet)
+             progress=not args.quiet)
     r = result
     print(f"{r['clips']} clips: audiotag cache build {r['ours_end_to_end_clips_per_s']:.0f} clips/s; librosa "
           f"melspectrogram {r['librosa_compute_clips_per_s']:.0f} clips/s ({r['build_vs_librosa_compute_ratio']:.1f}x), "
@@ -164,16 +169,17 @@ def cmd_bench(args) -> int:
 
 
 def add_bench(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "bench", "benchmark feature extraction against librosa",
-             "features: build the feature cache of DATA from cold and time librosa per clip on the same files and "
-             "settings. training: training and inference throughput (with and without TTA) of the configured model. "
-             "channels: per-clip cost of each extra channel (MFCC, chroma, CQT, phase, deltas) against librosa. "
-             "--report writes the table into a Markdown file (BENCHMARKS.md).",
-             "python ../shared/bench/make_dataset.py --out .bench/small --scale small\n"
-             "audiotag bench features --data .bench/small --report BENCHMARKS.md\n"
-             "audiotag bench training --data .bench/small --report BENCHMARKS.md\n"
-             "audiotag bench channels --data .bench/small --limit 200 --report BENCHMARKS.md",
-                       parents=[shared.data, shared.config, shared.cache, shared.workers, shared.quiet])
+    p = add_subcommand(
+        subs, "bench", "benchmark feature extraction against librosa",
+        "features: build the feature cache of DATA from cold and time librosa per clip on the same files and "
+        "settings. training: training and inference throughput (with and without TTA) of the configured model. "
+        "channels: per-clip cost of each extra channel (MFCC, chroma, CQT, phase, deltas) against librosa. "
+        "--report writes the table into a Markdown file (BENCHMARKS.md).",
+        "python ../shared/bench/make_dataset.py --out .bench/small --scale small\n"
+        "audiotag bench features --data .bench/small --report BENCHMARKS.md\n"
+        "audiotag bench training --data .bench/small --report BENCHMARKS.md\n"
+        "audiotag bench channels --data .bench/small --limit 200 --report BENCHMARKS.md",
+        parents=[shared.data, shared.config, shared.cache, shared.workers, shared.quiet])
     p.add_argument("what", choices=["features", "training", "channels"], help="what to benchmark")
     add_data_positional(p)
     p.add_argument("--limit", type=int, metavar="N", help="only the first N clips")

@@ -24,20 +24,21 @@ def cmd_train(args) -> int:
 
 
 def add_train(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "train", "train CNNs with K-fold CV and predict the test set",
-             "Validate the data, cache features, split multilabel-stratified folds (or use the dataset's own), "
-             "train one model per fold with mixup and SpecAugment, and write a run folder: resolved config, "
-             "folds, logs, checkpoints, out-of-fold and test predictions, scores.json and training curves. "
-             "An interrupted run continues with --resume.",
-             """
-             audiotag train --data data/fat2019 --out runs/baseline
-             audiotag train --data data/fat2019 --config my.yaml --set model.width=48 --set train.epochs=60
-             audiotag train --resume runs/baseline
-             audiotag train --data data/fat2019 --out runs/big --fold 3     # one job per fold, then:
-             audiotag merge runs/big
-             torchrun --standalone --nproc_per_node 4 -m audiotag train --data data/fat2019 --out runs/ddp
-             """,
-                       parents=[shared.data, shared.config, shared.device, shared.cache, shared.workers, shared.skip_bad, shared.quiet])
+    p = add_subcommand(
+        subs, "train", "train CNNs with K-fold CV and predict the test set",
+        "Validate the data, cache features, split multilabel-stratified folds (or use the dataset's own), "
+        "train one model per fold with mixup and SpecAugment, and write a run folder: resolved config, "
+        "folds, logs, checkpoints, out-of-fold and test predictions, scores.json and training curves. "
+        "An interrupted run continues with --resume.",
+        """
+        audiotag train --data data/fat2019 --out runs/baseline
+        audiotag train --data data/fat2019 --config my.yaml --set model.width=48 --set train.epochs=60
+        audiotag train --resume runs/baseline
+        audiotag train --data data/fat2019 --out runs/big --fold 3     # one job per fold, then:
+        audiotag merge runs/big
+        torchrun --standalone --nproc_per_node 4 -m audiotag train --data data/fat2019 --out runs/ddp
+        """,
+        parents=[shared.data, shared.config, shared.device, shared.cache, shared.workers, shared.skip_bad, shared.quiet])
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (uses its saved config and data)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<date-time>-<model>)")
     p.add_argument("--fold", type=int, metavar="K", help="train only fold K, as one of several jobs sharing --out "
@@ -51,22 +52,23 @@ def cmd_merge(args) -> int:
 
 
 def add_merge(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "merge", "assemble a run whose folds were trained by separate jobs",
-             "Check that every fold of RUN_DIR is done (trained by `audiotag train --fold K` jobs), then write the "
-             "out-of-fold and fold-averaged test predictions, scores.json and training curves exactly as a "
-             "serial run would.",
-             """
-             for k in 0 1 2 3 4; do audiotag train --data data/fat2019 --out runs/big --fold $k & done; wait
-             audiotag merge runs/big
-             """,
-                       parents=[shared.quiet])
+    p = add_subcommand(
+        subs, "merge", "assemble a run whose folds were trained by separate jobs",
+        "Check that every fold of RUN_DIR is done (trained by `audiotag train --fold K` jobs), then write the "
+        "out-of-fold and fold-averaged test predictions, scores.json and training curves exactly as a "
+        "serial run would.",
+        """
+        for k in 0 1 2 3 4; do audiotag train --data data/fat2019 --out runs/big --fold $k & done; wait
+        audiotag merge runs/big
+        """,
+        parents=[shared.quiet])
     p.add_argument("run", metavar="RUN_DIR")
     p.set_defaults(func=cmd_merge)
 
 
 def cmd_predict(args) -> int:
     result = predict_run(args.run, data_spec(args), out=args.out, cache_dir=args.cache_dir, tta_views=args.tta,
-                         skip_bad=args.skip_bad, progress=not args.quiet, device=args.device or "auto")
+          skip_bad=args.skip_bad, progress=not args.quiet, device=args.device or "auto")
     print(f"wrote {result['out']}: {result['clips']} clips, {result['models']} fold models, "
           f"{result['tta_views']} TTA views, {result['seconds_per_clip'] * 1000:.1f} ms per clip")
     if result["filled_with_prior"]:
@@ -78,11 +80,12 @@ def cmd_predict(args) -> int:
 
 
 def add_predict(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "predict", "write a Kaggle submission for a test set with a trained run",
-             "Predict every test clip of DIR (test/ + sample_submission.csv is enough) with the run's fold models, "
-             "sliding windows and TTA, and write fname + one column per label in vocabulary order.",
-             "audiotag predict runs/baseline --data data/fat2019 --out submission.csv --tta 4",
-                       parents=[shared.data, shared.device, shared.cache, shared.skip_bad, shared.quiet])
+    p = add_subcommand(
+        subs, "predict", "write a Kaggle submission for a test set with a trained run",
+        "Predict every test clip of DIR (test/ + sample_submission.csv is enough) with the run's fold models, "
+        "sliding windows and TTA, and write fname + one column per label in vocabulary order.",
+        "audiotag predict runs/baseline --data data/fat2019 --out submission.csv --tta 4",
+        parents=[shared.data, shared.device, shared.cache, shared.skip_bad, shared.quiet])
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--out", required=True, metavar="FILE", help="submission CSV to write")
     p.add_argument("--tta", type=int, metavar="N", help="TTA views (default: the run's predict.tta_views)")
@@ -101,10 +104,11 @@ def cmd_score(args) -> int:
 
 
 def add_score(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "score", "lwlrap of a submission against ground truth",
-             "Validate a submission as Kaggle did (header, one row per test clip, finite numbers) and print its "
-             "lwlrap; --per-class adds each label's lwlrap, positives and weight.",
-             "audiotag score submission.csv --truth data/fat2019/test_labels.csv --per-class")
+    p = add_subcommand(
+        subs, "score", "lwlrap of a submission against ground truth",
+        "Validate a submission as Kaggle did (header, one row per test clip, finite numbers) and print its "
+        "lwlrap; --per-class adds each label's lwlrap, positives and weight.",
+        "audiotag score submission.csv --truth data/fat2019/test_labels.csv --per-class")
     p.add_argument("submission", metavar="SUBMISSION")
     p.add_argument("--truth", required=True, metavar="LABELS_CSV", help="fname,labels ground truth")
     p.add_argument("--vocabulary", metavar="FILE", help="label order (default: vocabulary.csv next to the truth)")
@@ -121,16 +125,17 @@ def cmd_runs(args) -> int:
     print(fmt.format(run="run", status="status", model="model", folds="folds", oof="OOF", test="test", minutes="minutes"))
     for r in rows:
         print(fmt.format(run=r["run"][-45:], status=r["status"], model=r["model"], folds=str(r["folds"]),
-                         oof="-" if r["oof_lwlrap"] is None else f"{r['oof_lwlrap']:.4f}",
-                         test="-" if r["test_lwlrap"] is None else f"{r['test_lwlrap']:.4f}",
-                         minutes="-" if r["minutes"] is None else str(r["minutes"])))
+          oof="-" if r["oof_lwlrap"] is None else f"{r['oof_lwlrap']:.4f}",
+          test="-" if r["test_lwlrap"] is None else f"{r['test_lwlrap']:.4f}",
+          minutes="-" if r["minutes"] is None else str(r["minutes"])))
     return 0
 
 
 def add_runs(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "runs", "list training runs with their CV and test scores",
-             "One line per run folder: status, model, folds, pooled out-of-fold lwlrap, test lwlrap, minutes.",
-             "audiotag runs\naudiotag runs experiments/")
+    p = add_subcommand(
+        subs, "runs", "list training runs with their CV and test scores",
+        "One line per run folder: status, model, folds, pooled out-of-fold lwlrap, test lwlrap, minutes.",
+        "audiotag runs\naudiotag runs experiments/")
     p.add_argument("root", nargs="?", default="runs", metavar="DIR", help="folder holding run folders (default: runs)")
     p.set_defaults(func=cmd_runs)
 
@@ -152,12 +157,13 @@ def cmd_tag(args) -> int:
 
 
 def add_tag(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "tag", "print the top tags of audio files",
-             "Decode each file, compute its features and print the labels the run's fold models rate highest. "
-             "A folder stands for the audio files under it. Files that cannot be decoded are reported and "
-             "skipped; the exit status is then 1.",
-             "audiotag tag --run runs/baseline dog_bark.wav street.flac recordings/ --top 3",
-                       parents=[shared.device])
+    p = add_subcommand(
+        subs, "tag", "print the top tags of audio files",
+        "Decode each file, compute its features and print the labels the run's fold models rate highest. "
+        "A folder stands for the audio files under it. Files that cannot be decoded are reported and "
+        "skipped; the exit status is then 1.",
+        "audiotag tag --run runs/baseline dog_bark.wav street.flac recordings/ --top 3",
+        parents=[shared.device])
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
     p.add_argument("--top", type=int, default=5, metavar="N")
@@ -177,14 +183,15 @@ def cmd_audit(args) -> int:
 
 
 def add_audit(subs, shared: Shared) -> None:
-    p = add_subcommand(subs, "audit", "estimate how noisy the noisy set's labels are, per class and per clip",
-             "Predict every noisy clip with the run's fold models (train the run on curated clips only, so "
-             "they never heard these clips), calibrate on its out-of-fold curated predictions, and estimate the "
-             "share of wrong given labels and of missing true labels, per class and overall. Lists the clips "
-             "most likely mislabelled. Writes audit.md, audit_clips.csv, audit_classes.csv and audit.png.",
-             "audiotag train --data data/fat2019 --out runs/curated\n"
-             "audiotag audit runs/curated            # report in runs/curated/audit/",
-                       parents=[shared.data, shared.cache, shared.quiet])
+    p = add_subcommand(
+        subs, "audit", "estimate how noisy the noisy set's labels are, per class and per clip",
+        "Predict every noisy clip with the run's fold models (train the run on curated clips only, so "
+        "they never heard these clips), calibrate on its out-of-fold curated predictions, and estimate the "
+        "share of wrong given labels and of missing true labels, per class and overall. Lists the clips "
+        "most likely mislabelled. Writes audit.md, audit_clips.csv, audit_classes.csv and audit.png.",
+        "audiotag train --data data/fat2019 --out runs/curated\n"
+        "audiotag audit runs/curated            # report in runs/curated/audit/",
+        parents=[shared.data, shared.cache, shared.quiet])
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--out", metavar="DIR", help="report folder (default: RUN_DIR/audit)")
     p.set_defaults(func=cmd_audit)
