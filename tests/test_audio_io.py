@@ -122,3 +122,16 @@ def test_load_audio_resamples_and_downmixes(tmp_path):
     assert (info.sample_rate, info.channels) == (48000, 2)
     with pytest.raises(AudioError, match="not found"):
         load_audio(tmp_path / "missing.wav", sample_rate=SR)
+
+
+@pytest.mark.parametrize("peak, ok", [(0.9, True), (4.0, True), (999.0, True), (1e4, False), (1e30, False)])
+def test_float_samples_far_above_full_scale_are_refused(peak, ok):
+    # +60 dBFS is the limit: floats a little over 1.0 are ordinary, 1e30 is garbage whose squares overflow
+    y = noise() * (peak / np.abs(noise()).max())
+    if ok:
+        decode(wav_bytes(y.astype(np.float32), subtype="FLOAT"), name="loud.wav")
+        return
+    with pytest.raises(AudioError) as info:
+        decode(wav_bytes(y.astype(np.float32), subtype="FLOAT"), name="loud.wav")
+    assert info.value.code == "absurd-level" and "above full scale" in str(info.value)
+    assert "loud.wav" in str(info.value) and info.value.hint

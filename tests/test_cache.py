@@ -188,3 +188,49 @@ def test_a_pack_that_cannot_be_written_is_named_with_the_reason(cache_dir):
     with pytest.raises(AudiotagError, match=r"cannot write .*packs"):
         store.write([("a" * 32, np.zeros((1, 64, 10), np.float16))])
     assert store.entries() == {}  # nothing indexed
+
+
+def test_features_that_come_out_non_finite_are_named_per_clip_and_never_cached(demo_data, cache_dir, monkeypatch):
+    ds = load_dataset(demo_data)
+    real = cache_module.compute_features
+
+    def nan_for_odd_lengths(waveform, frontend, **kw):
+        out = real(waveform, frontend, **kw)
+        if len(waveform) % 2:
+            out[..., :3] = np.nan
+        return out
+
+    monkeypatch.setattr(cache_module, "compute_features", nan_for_odd_lengths)
+    config = load_config(None, ["data.num_workers=1"])
+    with pytest.raises(ValidationFailed) as failed:
+        build_features(ds, config, cache_dir=cache_dir, progress=False)
+    assert "NaN or infinite" in str(failed.value.report.format())
+    built = build_features(ds, config, cache_dir=cache_dir, progress=False, skip_bad=True)
+    bad = {p.fname for p in built.dataset.skipped if p.code == "nonfinite-features"}
+    assert bad and len(bad) < len(ds.clips)
+    for clip in built.dataset.clips:
+        assert np.isfinite(built.load(clip)).all()
+    assert all(c.fname not in bad for c in built.dataset.clips)
+
+
+def test_a_damaged_entry_is_found_by_its_checksum_recomputed_and_named(demo_data, cache_dir, capsys):
+    ds = load_dataset(demo_data)
+    config = load_config(None, ["data.num_workers=1"])
+    built = build_features(ds, config, cache_dir=cache_dir, progress=False)
+    victim = ds.clips[3]
+    before = np.array(built.load(victim))
+    entry = built.store.entry(built.digests[victim.key])
+    with open(built.store.packs / entry.pack, "r+b") as f:  # zeros inside the pack: its size is unchanged
+        f.seek(entry.offset + entry.nbytes // 3)
+        f.write(b"\0" * 64)
+    assert not np.array_equal(np.array(FeatureStore(cache_dir, config.audio, config.features).load(
+        built.digests[victim.key])), before)
+    capsys.readouterr()
+    again = build_features(ds, config, cache_dir=cache_dir, progress=False)
+    err = capsys.readouterr().err
+    assert "1 damaged feature-cache entry" in err and f"{victim.split}/{victim.fname}" in err
+    np.testing.assert_array_equal(np.array(again.load(victim)), before)
+    assert again.store.entry(again.digests[victim.key]) != entry  # rewritten elsewhere
+    capsys.readouterr()
+    build_features(ds, config, cache_dir=cache_dir, progress=False)  # sound now: nothing to say
+    assert "damaged" not in capsys.readouterr().err

@@ -54,6 +54,7 @@ def _truncated(p, r):
 BAD = {
     "nan.wav": (_with_nonfinite(np.nan), "nonfinite"),
     "inf.wav": (_with_nonfinite(np.inf), "nonfinite"),
+    "huge.wav": (lambda p, r: sf.write(p, _noise(r, SR, 1.0) * 1e30, SR, subtype="FLOAT"), "absurd-level"),
     "empty.wav": (lambda p, r: p.write_bytes(b""), "empty"),
     "truncated.wav": (_truncated, "truncated"),
     "garbage.wav": (lambda p, r: p.write_bytes(r.bytes(5000)), "unreadable"),

@@ -24,6 +24,8 @@ from ..errors import AudioError
 SUPPORTED_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".w64", ".rf64")
 # A clip whose peak is below this is "all silent": -90 dBFS is one PCM16 step.
 SILENCE_PEAK_DBFS = -90.0
+# Full scale is 1.0; a float file louder than +60 dBFS holds garbage, and its squares overflow float32.
+MAX_PEAK_DBFS = 60.0
 MIN_SAMPLE_RATE = 1000
 
 
@@ -162,6 +164,10 @@ def decode(data: bytes, *, name: str) -> tuple[np.ndarray, int, AudioInfo]:
     peak_dbfs = 20 * np.log10(peak) if peak > 0 else float("-inf")
     info = AudioInfo(sample_rate=sr, channels=channels, frames=len(y), subtype=subtype, container=container,
                      peak_dbfs=float(peak_dbfs))
+    if peak_dbfs > MAX_PEAK_DBFS:
+        raise AudioError(f"samples reach {peak:.3g}, {peak_dbfs:.0f} dB above full scale (1.0): not audio levels",
+                         code="absurd-level", path=name,
+                         hint="the float WAV was written from unscaled or broken data; rescale it to [-1, 1] or regenerate it")
     if peak_dbfs < SILENCE_PEAK_DBFS:
         level = "digital silence" if peak == 0 else f"peak {peak_dbfs:.1f} dBFS"
         raise AudioError(f"the clip is silent ({level})", code="silent", path=name,

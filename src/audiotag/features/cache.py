@@ -30,6 +30,7 @@ import json
 import math
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +45,8 @@ import soxr
 import torch
 
 from .. import fsutil, mkl
-from ..audio.inventory import AudioVerdict, FileStat, default_cache_dir, examine, stat_and_read, unreadable
+from ..audio.inventory import (AudioVerdict, FileStat, default_cache_dir, digest_bytes, examine, stat_and_read,
+                               unreadable)
 from ..audio.io import prepare_waveform
 from ..config import AudioConfig, Config, FeatureConfig
 from ..data.check import AudioScan, CheckReport, check_dataset
@@ -54,7 +56,7 @@ from .frontend import FrontEnd
 
 # Bumped whenever this package computes or stores features differently for the same settings
 # (what each bump changed is in git's history and BENCHMARKS.md).
-FEATURE_CODE_VERSION = 6
+FEATURE_CODE_VERSION = 7
 STALE_PACK_S = 3600
 ALIGN = 64  # bytes: every array starts on a cache line (and a SIMD-friendly address)
 CACHE_DIR_HINT = "the cache folder must be writable; choose another with --cache-dir or AUDIOTAG_CACHE"
@@ -81,10 +83,20 @@ class Entry(NamedTuple):
     offset: int
     shape: tuple[int, ...]
     dtype: str
+    checksum: str  # BLAKE3 of the entry's bytes: damage inside a pack is found, not served
 
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+
+COLUMNS = "digest, pack, offset, shape, dtype, checksum"
+
+
+def _entry(row: tuple) -> Entry:
+    """An :class:`Entry` from an index row (``COLUMNS``, digest first)."""
+    _, pack, offset, shape, dtype, checksum = row
+    return Entry(pack, offset, tuple(json.loads(shape)), dtype, checksum or "")
 
 
 class FeatureStore:
@@ -100,6 +112,8 @@ class FeatureStore:
         self._entries: dict[str, Entry] = {}
         self._pack_sizes: dict[str, int] = {}
         self._pack: tuple[int, str] | None = None  # (pid, name) of the pack this process appends to
+        self._verified: set[tuple[str, int]] = set()  # (pack, offset) of entries whose bytes checked out
+        self.damaged: list[str] = []  # digests of entries found damaged by this process (then recomputed)
 
     def connect(self) -> sqlite3.Connection:
         """A connection to the index. Each process opens its own: SQLite must not be used (or
@@ -117,7 +131,7 @@ class FeatureStore:
             except sqlite3.OperationalError:
                 pass  # some network filesystems refuse WAL; the default journal still works
             db.execute("CREATE TABLE IF NOT EXISTS entries (digest TEXT PRIMARY KEY, pack TEXT, offset INTEGER, "
-                       "shape TEXT, dtype TEXT)")
+                       "shape TEXT, dtype TEXT, checksum TEXT)")
         except (OSError, sqlite3.Error) as e:
             raise DataError(f"cannot open the feature index {path}: {e}", hint=CACHE_DIR_HINT) from None
         return db
@@ -133,9 +147,8 @@ class FeatureStore:
     def refresh(self) -> None:
         """Read the whole index (one query; later lookups of known digests touch no database)."""
         with self._index() as db:
-            rows = db.execute("SELECT digest, pack, offset, shape, dtype FROM entries").fetchall()
-        self._entries = {digest: Entry(pack, offset, tuple(json.loads(shape)), dtype)
-                         for digest, pack, offset, shape, dtype in rows}
+            rows = db.execute(f"SELECT {COLUMNS} FROM entries").fetchall()
+        self._entries = {row[0]: _entry(row) for row in rows}
         self._pack_sizes.clear()
 
     def ensure(self) -> None:
@@ -176,20 +189,25 @@ class FeatureStore:
         found = self._entries.get(digest)
         if found is None:
             with self._index() as db:
-                row = db.execute("SELECT pack, offset, shape, dtype FROM entries WHERE digest = ?",
-                                 (digest,)).fetchone()
+                row = db.execute(f"SELECT {COLUMNS} FROM entries WHERE digest = ?", (digest,)).fetchone()
             if row is None:
                 return None
-            found = self._entries[digest] = Entry(row[0], row[1], tuple(json.loads(row[2])), row[3])
+            found = self._entries[digest] = _entry(row)
         return found
 
     def has(self, digest: str) -> bool:
-        """True when an entry was indexed at the last :meth:`refresh` and its pack holds all of its
-        bytes (an entry another process adds meanwhile is at worst computed twice)."""
+        """True when an entry was indexed at the last :meth:`refresh`, its pack holds all of its
+        bytes and they match its checksum (an entry another process adds meanwhile is at worst
+        computed twice). A damaged entry is listed in :attr:`damaged`."""
         entry = self._entries.get(digest)
-        return entry is not None and self._intact(entry)
+        if entry is None or not self._complete(entry):
+            return False
+        if self._sound(entry):
+            return True
+        self.damaged.append(digest)
+        return False
 
-    def _intact(self, entry: Entry) -> bool:
+    def _complete(self, entry: Entry) -> bool:
         size = self._pack_sizes.get(entry.pack)
         if size is None:
             try:
@@ -197,6 +215,24 @@ class FeatureStore:
             except OSError:
                 return False
         return entry.offset + entry.nbytes <= size
+
+    def _sound(self, entry: Entry) -> bool:
+        """Whether the entry's bytes match its checksum (read once per process and entry)."""
+        if (entry.pack, entry.offset) in self._verified:
+            return True
+        try:
+            with open(self.packs / entry.pack, "rb") as f:
+                f.seek(entry.offset)
+                data = f.read(entry.nbytes)
+        except OSError:
+            return False
+        if digest_bytes(data) != entry.checksum:
+            return False
+        self._verified.add((entry.pack, entry.offset))
+        return True
+
+    def _intact(self, entry: Entry) -> bool:
+        return self._complete(entry) and self._sound(entry)
 
     def load(self, digest: str, *, mmap: bool = True) -> np.ndarray:
         """``[shape=(C, F, T)]`` features of one clip (memory-mapped, read-only)."""
@@ -235,7 +271,8 @@ class FeatureStore:
                     f.write(b"\0" * pad)
                     offset += pad
                     f.write(array.data)
-                    rows.append((digest, name, offset, json.dumps(array.shape), array.dtype.str))
+                    rows.append((digest, name, offset, json.dumps(array.shape), array.dtype.str,
+                                 digest_bytes(array.reshape(-1).view(np.uint8))))
                     offset += array.nbytes
         except OSError as e:
             raise fsutil.write_error(path, e) from None  # a full disk says so
@@ -249,15 +286,15 @@ class FeatureStore:
             db.execute("BEGIN IMMEDIATE")
             # An intact entry another process indexed meanwhile stays: readers may hold its location,
             # so a pack, once referenced, stays referenced (unless damaged).
-            found = db.execute(f"SELECT digest, pack, offset, shape, dtype FROM entries WHERE digest IN "
-                               f"({', '.join('?' * len(rows))})", [r[0] for r in rows]).fetchall()
-            kept = {d: Entry(p, o, tuple(json.loads(sh)), dt) for d, p, o, sh, dt in found}
+            found = db.execute(f"SELECT {COLUMNS} FROM entries WHERE digest IN ({', '.join('?' * len(rows))})",
+                               [r[0] for r in rows]).fetchall()
+            kept = {row[0]: _entry(row) for row in found}
             self._pack_sizes.clear()
             kept = {d: e for d, e in kept.items() if self._intact(e)}
             new = [r for r in rows if r[0] not in kept]
-            db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)", new)
-        for digest, pack, offset, shape, dtype in new:
-            self._entries[digest] = Entry(pack, offset, tuple(json.loads(shape)), dtype)
+            db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)", new)
+        for row in new:
+            self._entries[row[0]] = _entry(row)
         self._entries.update(kept)
         return new
 
@@ -327,12 +364,17 @@ def _extract(tasks: list[tuple[str, str]]) -> list[tuple[FileStat, AudioVerdict]
             results.append((stat, unreadable(data)))
             continue
         verdict, decoded = examine(data, name=name)
-        results.append((stat, verdict))
         if decoded is not None:
             y = prepare_waveform(*decoded, sample_rate=audio.sample_rate, quality=audio.resample_quality,
                                  trim_top_db=audio.trim_top_db if audio.trim_silence else None)
-            computed.append((verdict.digest, compute_features(y, _WORKER["frontend"],
-                                                              dtype=store.features.cache_dtype)))
+            features = compute_features(y, _WORKER["frontend"], dtype=store.features.cache_dtype)
+            if np.isfinite(features).all():
+                computed.append((verdict.digest, features))
+            else:  # caught here, per clip, never cached: a NaN would poison every score downstream
+                verdict = AudioVerdict(verdict.digest, None, "nonfinite-features",
+                                       "its features came out NaN or infinite",
+                                       "the audio holds values the front-end cannot take; re-export the file")
+        results.append((stat, verdict))
     if computed:
         store.write(computed, db=_worker_index(store))
     return results
@@ -374,6 +416,10 @@ def build_features(ds: Dataset, config: Config, *, cache_dir: str | Path | None 
     skip_bad = config.data.skip_bad if skip_bad is None else skip_bad
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if splits is not None:
+        unknown = [s for s in splits if s not in ds.splits]
+        if unknown:
+            raise DataError(f"no split named {', '.join(map(repr, unknown))} in this dataset",
+                            hint=f"its splits are {', '.join(ds.splits) or 'none'}")
         ds = dataclasses.replace(ds, clips=[c for c in ds.clips if c.split in splits],
                                  audio_dirs={s: d for s, d in ds.audio_dirs.items() if s in splits})
     store = FeatureStore(cache_dir, config.audio, config.features)
@@ -389,6 +435,12 @@ def build_features(ds: Dataset, config: Config, *, cache_dir: str | Path | None 
     if not report.ok(skip_bad=skip_bad):
         raise ValidationFailed(report)
     store.refresh()  # the entries the workers just wrote
+    if store.damaged:
+        names = {d: f"{split}/{fname}" for (split, fname), d in report.digests.items()}
+        damaged = sorted({names.get(d, d) for d in store.damaged})
+        print(f"audiotag: warning: {len(damaged)} damaged feature-cache entr{'ies' if len(damaged) != 1 else 'y'} "
+              f"in {store.dir} recomputed: {', '.join(damaged[:10])}" + (" ..." if len(damaged) > 10 else ""),
+              file=sys.stderr, flush=True)
     kept = ds.without(report.errors)
     return FeatureSet(dataset=kept, store=store, digests={c.key: report.digests[c.key] for c in kept.clips},
                       report=report)
