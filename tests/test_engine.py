@@ -1,3 +1,4 @@
+import json
 import os
 import pickle
 from pathlib import Path
@@ -92,3 +93,43 @@ def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
     assert gone.exists() and gone.name.startswith(fsutil.TMP_PREFIX)
     assert fsutil.remove_orphaned_temporaries(tmp_path) == [gone]
     assert not gone.exists() and mine.exists() and elsewhere.exists() and legacy.exists()
+
+
+def test_auto_precision_is_timed_once_per_machine_and_model_then_remembered(tmp_path, monkeypatch):
+    from audiotag.engine import precision as precision_module
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                           torch.nn.Flatten(), torch.nn.Linear(4, 3))
+
+        def forward(self, x):
+            return {"logits": self.net(x)}
+
+    model, example, memory = Tiny(), torch.randn(4, 1, 8, 8), tmp_path / "precision.json"
+    times = {"fp32": 1.0, "bf16": 0.5}
+    timed = []
+
+    def fake_time(model, x, device, precision, steps=3):
+        timed.append(precision)
+        return times[precision]
+
+    monkeypatch.setattr(precision_module, "_time_steps", fake_time)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", device=cpu, model=model, example=example, memory=memory) == "bf16"
+    assert timed == ["fp32", "bf16"] and memory.exists()
+    times["bf16"] = 2.0  # a loaded machine would now time bf16 slower: the remembered choice holds
+    assert resolve_precision("auto", device=cpu, model=model, example=example, memory=memory) == "bf16"
+    assert len(timed) == 2
+    # another input shape is another question, timed and remembered beside the first
+    assert resolve_precision("auto", device=cpu, model=model, example=torch.randn(4, 1, 16, 8),
+                             memory=memory) == "fp32"
+    assert len(timed) == 4 and len(json.loads(memory.read_text())) == 2
+    # an unreadable memory is timed again and written anew, never trusted
+    memory.write_text("{not json")
+    assert resolve_precision("auto", device=cpu, model=model, example=example, memory=memory) == "fp32"
+    assert len(timed) == 6 and json.loads(memory.read_text())
+    # without a memory every call times
+    resolve_precision("auto", device=cpu, model=model, example=example)
+    assert len(timed) == 8

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+
+
+MAX_SEED = 2**31 - 1  # seeds are combined (seed * 1000 + stream) and must stay within numpy's and torch's
 
 
 def _range(lo=None, hi=None, *, lo_open=False):
@@ -112,7 +116,7 @@ class TrainConfig:
     use_dataset_folds: bool = True  # ESC-50 / UrbanSound8K folds when the dataset has them
     # The seed of the fold split (null = seed): a seed ensemble sets seed and keeps fold_seed, so its
     # runs share folds and can be blended by nested CV.
-    fold_seed: int | None = field(default=None, metadata=_range(0))
+    fold_seed: int | None = field(default=None, metadata=_range(0, MAX_SEED))
     epochs: int = field(default=200, metadata=_range(1, 10000))
     batch_size: int = field(default=32, metadata=_range(1, 4096))
     crop_seconds: float = field(default=3.0, metadata=_range(0.1, 600.0))
@@ -216,7 +220,7 @@ class NoisyConfig:
 
 @dataclass
 class Config:
-    seed: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=_range(0, MAX_SEED))
     audio: AudioConfig = field(default_factory=AudioConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -364,14 +368,19 @@ def _coerce(value: Any, tp, key: str) -> Any:
             return int(value)
         raise ConfigError(f"{key} = {value!r} must be an integer")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key} = {value!r} must be a number")
+        if number is None:
+            raise ConfigError(f"{key} = {value!r} must be a number")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key} = {value!r} must be a finite number", hint="NaN and infinity are never a setting")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

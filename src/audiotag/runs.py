@@ -38,10 +38,10 @@ from .config import Config, config_from_dict
 from .data.layouts import load_dataset
 from .data.records import Dataset, Problem
 from .engine.checkpoint import load_checkpoint
-from .errors import AudiotagError, DataError
+from .errors import AudiotagError, ConfigError, DataError
 from .features.cache import library_versions
 from .models import new_model
-from .version import __version__
+from .version import code_version
 
 
 @dataclass
@@ -188,7 +188,7 @@ class Run:
         run = self
         fsutil.write_text(run.dir / "config.yaml", config.to_yaml())
         run.write_info({
-            "audiotag": __version__, "created": _dt.datetime.now().isoformat(timespec="seconds"),
+            **code_version(), "created": _dt.datetime.now().isoformat(timespec="seconds"),
             "command": " ".join(sys.argv), "data": asdict(data.absolute()), "status": "created",
             "versions": {**library_versions(), "python": platform.python_version()},
             "host": platform.node(), "cpu_count": os.cpu_count(),
@@ -236,11 +236,30 @@ class Run:
 
     @property
     def config(self) -> Config:
-        return config_from_dict(yaml.safe_load((self.dir / "config.yaml").read_text()))
+        path = self.dir / "config.yaml"
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise DataError(f"{path} cannot be read as a config ({type(e).__name__}: {str(e).splitlines()[0]})",
+                            hint="the run folder is damaged; restore config.yaml from a copy, or retrain") from None
+        if not isinstance(data, dict):
+            raise DataError(f"{path} is not a config (a mapping of settings)", hint="restore it from a copy, or retrain")
+        try:
+            return config_from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e.message}", hint=e.hint) from None
 
     @property
     def info(self) -> dict:
-        return json.loads((self.dir / "run.json").read_text())
+        path = self.dir / "run.json"
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise DataError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]})",
+                            hint="the run folder is damaged; restore run.json from a copy, or retrain") from None
+        if not isinstance(info, dict):
+            raise DataError(f"{path} is not a run description", hint="restore it from a copy, or retrain")
+        return info
 
     def write_info(self, info: dict) -> None:
         fsutil.write_text(self.dir / "run.json", json.dumps(info, indent=2))
@@ -265,7 +284,16 @@ class Run:
     @property
     def scores(self) -> dict | None:
         path = self.dir / "scores.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            scores = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise DataError(f"{path} cannot be read ({type(e).__name__})",
+                            hint=f"re-assemble it: audiotag merge {self.dir}") from None
+        if not isinstance(scores, dict):
+            raise DataError(f"{path} is not a scores file", hint=f"re-assemble it: audiotag merge {self.dir}")
+        return scores
 
     @property
     def vocabulary(self) -> tuple[str, ...]:
@@ -297,10 +325,26 @@ class Run:
         model.load_state_dict(weights)
         return model.eval()
 
-    def load_fold_models(self, *, device: torch.device) -> list[torch.nn.Module]:
-        """Every finished fold's model, in fold order."""
+    def expected_folds(self) -> list[int] | None:
+        """The folds the run was configured to train (None when run.json does not say)."""
+        n_folds = self.info.get("n_folds")
+        if n_folds is None:
+            return None
+        only = self.config.train.only_folds
+        return sorted(only) if only is not None else list(range(n_folds))
+
+    def load_fold_models(self, *, device: torch.device, allow_missing: bool = False) -> list[torch.nn.Module]:
+        """Every finished fold's model, in fold order. A fold the run should have but does not (a
+        deleted or unfinished fold folder) is an error, unless ``allow_missing``."""
         config = self.config
-        return [self.load_fold_model(k, device=device, config=config) for k in self.finished_folds()]
+        finished = self.finished_folds()
+        missing = [k for k in (self.expected_folds() or []) if k not in finished]
+        if missing and not allow_missing:
+            raise AudiotagError(f"{self.dir} lacks the finished model of fold(s) {', '.join(map(str, missing))} "
+                                f"(no {self.fold_dir(missing[0]).name}/done.json)",
+                                hint=f"restore the folder, or train it: audiotag train --resume {self.dir} --fold "
+                                     f"{missing[0]}; or predict with the other folds: --allow-missing-folds")
+        return [self.load_fold_model(k, device=device, config=config) for k in finished]
 
     # ------------------------------------------------------------------ logging
 
@@ -331,7 +375,10 @@ def list_runs(root: str | Path = "runs") -> list[dict]:
         run = Run(folder.parent)
         try:
             info, cfg, scores = run.info, run.config, run.scores or {}
-        except (OSError, ValueError, AudiotagError):
+        except (OSError, ValueError, AudiotagError) as e:  # one damaged folder must not hide the others
+            reason = e.message if isinstance(e, AudiotagError) else f"{type(e).__name__}: {e}"
+            rows.append({"run": str(run.dir), "created": "", "status": "damaged", "model": "", "folds": "",
+                         "oof_lwlrap": None, "test_lwlrap": None, "minutes": None, "problem": reason})
             continue
         rows.append({"run": str(run.dir), "created": info.get("created", ""), "status": info.get("status", ""),
                      "model": f"{cfg.model.name} w{cfg.model.width}", "folds": scores.get("n_folds", ""),

@@ -16,7 +16,7 @@ from .options import Shared, add_subcommand, config_of, data_spec, overrides
 def cmd_ensemble(args) -> int:
     blends = tuple(b.strip() for b in args.blends.split(",") if b.strip()) if args.blends else DEFAULT_BLENDS
     summary = ensemble_runs(args.runs, out=args.out, blends=blends, prune_threshold=args.prune,
-             progress=not args.quiet)
+                            progress=not args.quiet)
     best = summary["best_member"]
     print(f"kept {len(summary['kept'])} of {len(summary['members'])} runs: {', '.join(summary['kept'])}")
     print(f"best single run {best['model']}: OOF lwlrap {best['oof_lwlrap']:.4f}"
@@ -56,7 +56,7 @@ def cmd_pipeline(args) -> int:
     if args.budget_minutes is not None:
         recipe = with_budget(recipe, args.budget_minutes)
     summary = run_pipeline(recipe, data_spec(args), out=args.out, base=load_config(args.config),
-            cache_dir=args.cache_dir, progress=not args.quiet)
+                           cache_dir=args.cache_dir, progress=not args.quiet)
     print((Path(args.out) / "pipeline.md").read_text(), end="")
     if "submission" in summary:
         print(f"submission: {summary['submission']}")

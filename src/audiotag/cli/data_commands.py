@@ -39,7 +39,7 @@ def cmd_check(args) -> int:
     config = config_of(args)
     ds = load(args, audio=not args.no_audio)
     report = check_dataset(ds, audio=not args.no_audio, cache_dir=args.cache_dir, num_workers=config.data.num_workers,
-            progress=not args.quiet, sample_rate=config.audio.sample_rate)
+                           progress=not args.quiet, sample_rate=config.audio.sample_rate)
     text = report.format()
     if text:
         print(text)
@@ -76,7 +76,7 @@ def add_check(subs, shared: Shared) -> None:
 def cmd_inspect(args) -> int:
     ds = load(args, audio=not args.no_audio)
     summary = inspect_dataset(ds, args.out, audio=not args.no_audio, config=config_of(args),
-               max_example_classes=args.max_examples, progress=not args.quiet)
+                              max_example_classes=args.max_examples, progress=not args.quiet)
     parts = [f"{s['clips']} {name}" for name, s in summary["splits"].items()]
     print(f"{summary['layout']} dataset: {', '.join(parts)} clips; {summary['vocabulary_size']} labels")
     for name, s in summary["splits"].items():
@@ -144,20 +144,20 @@ def add_config(subs, shared: Shared) -> None:
 def cmd_bench(args) -> int:
     if args.what == "channels":
         r = bench_channels(args.data, config=config_of(args), limit=args.limit or 200, report=args.report,
-            progress=not args.quiet)
+                           progress=not args.quiet)
         for name, row in r["channels"].items():
             lib = "" if row["librosa_ms"] is None else f"; librosa {row['librosa_ms']:.2f} ms ({row['librosa']})"
             print(f"{name}: audiotag {row['ours_ms']:.2f} ms/clip{lib}")
         return 0
     if args.what == "training":
         r = bench_training(args.data, config=config_of(args), cache_dir=args.cache_dir, report=args.report,
-            progress=not args.quiet)
+                           progress=not args.quiet)
         print(f"{r['model']} ({r['precision']}): training {r['train_clips_per_s']:.0f} clips/s; inference "
               f"{r['inference_clips_per_s']:.0f} clips/s, {r['tta_clips_per_s']:.0f} with {r['tta_views']} TTA views")
         return 0
 
     result = bench_features(args.data, config=config_of(args), limit=args.limit, report=args.report,
-             progress=not args.quiet)
+                            progress=not args.quiet)
     r = result
     print(f"{r['clips']} clips: audiotag cache build {r['ours_end_to_end_clips_per_s']:.0f} clips/s; librosa "
           f"melspectrogram {r['librosa_compute_clips_per_s']:.0f} clips/s ({r['build_vs_librosa_compute_ratio']:.1f}x), "

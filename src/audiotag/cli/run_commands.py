@@ -68,7 +68,8 @@ def add_merge(subs, shared: Shared) -> None:
 
 def cmd_predict(args) -> int:
     result = predict_run(args.run, data_spec(args), out=args.out, cache_dir=args.cache_dir, tta_views=args.tta,
-          skip_bad=args.skip_bad, progress=not args.quiet, device=args.device or "auto")
+                         skip_bad=args.skip_bad, progress=not args.quiet, device=args.device or "auto",
+                         allow_missing_folds=args.allow_missing_folds)
     print(f"wrote {result['out']}: {result['clips']} clips, {result['models']} fold models, "
           f"{result['tta_views']} TTA views, {result['seconds_per_clip'] * 1000:.1f} ms per clip")
     if result["filled_with_prior"]:
@@ -89,6 +90,8 @@ def add_predict(subs, shared: Shared) -> None:
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--out", required=True, metavar="FILE", help="submission CSV to write")
     p.add_argument("--tta", type=int, metavar="N", help="TTA views (default: the run's predict.tta_views)")
+    p.add_argument("--allow-missing-folds", action="store_true",
+                   help="predict with the fold models present when some are missing (default: an error)")
     p.set_defaults(func=cmd_predict)
 
 
@@ -125,9 +128,11 @@ def cmd_runs(args) -> int:
     print(fmt.format(run="run", status="status", model="model", folds="folds", oof="OOF", test="test", minutes="minutes"))
     for r in rows:
         print(fmt.format(run=r["run"][-45:], status=r["status"], model=r["model"], folds=str(r["folds"]),
-          oof="-" if r["oof_lwlrap"] is None else f"{r['oof_lwlrap']:.4f}",
-          test="-" if r["test_lwlrap"] is None else f"{r['test_lwlrap']:.4f}",
-          minutes="-" if r["minutes"] is None else str(r["minutes"])))
+                         oof="-" if r["oof_lwlrap"] is None else f"{r['oof_lwlrap']:.4f}",
+                         test="-" if r["test_lwlrap"] is None else f"{r['test_lwlrap']:.4f}",
+                         minutes="-" if r["minutes"] is None else str(r["minutes"])))
+        if r.get("problem"):
+            print(f"  {r['problem']}")
     return 0
 
 
@@ -141,7 +146,8 @@ def add_runs(subs, shared: Shared) -> None:
 
 
 def cmd_tag(args) -> int:
-    items = tag_files(args.run, args.files, top=args.top, device=args.device or "auto")
+    items = tag_files(args.run, args.files, top=args.top, device=args.device or "auto",
+                      allow_missing_folds=args.allow_missing_folds)
     for item in items:
         if "error" in item:
             print(f"{item['file']}: {item['error']}" + (f"\n  hint: {item['hint']}" if item["hint"] else ""),
@@ -167,6 +173,8 @@ def add_tag(subs, shared: Shared) -> None:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
     p.add_argument("--top", type=int, default=5, metavar="N")
+    p.add_argument("--allow-missing-folds", action="store_true",
+                   help="tag with the fold models present when some are missing (default: an error)")
     p.set_defaults(func=cmd_tag)
 
 

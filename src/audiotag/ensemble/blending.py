@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
 from pathlib import Path
 
@@ -73,6 +74,9 @@ def blend_members(members: list[Member], *, out: str | Path, blends: tuple[str, 
                   prune_threshold: float = 0.97, progress: bool = True, extra: dict | None = None) -> dict:
     """:func:`ensemble_runs` on members already loaded (or with predictions of fewer TTA views);
     ``extra`` is added to the summary (``ensemble.json``, written last: it marks the blend done)."""
+    if not (math.isfinite(prune_threshold) and -1.0 <= prune_threshold <= 1.0):
+        raise AudiotagError(f"prune threshold (--prune, or an ensemble stage's prune) = {prune_threshold!r} is not "
+                            "a correlation", hint="give a number from -1 to 1; 1 keeps every member")
     unknown = [b for b in blends if b not in BLENDERS]
     if unknown:
         raise AudiotagError(f"unknown blend(s) {unknown}", hint=f"choose from {', '.join(BLENDERS)}")

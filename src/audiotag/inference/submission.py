@@ -9,7 +9,7 @@ import numpy as np
 
 from ..audio.inventory import default_cache_dir
 from ..engine.precision import inference_precision, resolve_device
-from ..errors import DataError
+from ..errors import AudiotagError, DataError
 from ..features.bank import ClipBank
 from ..features.cache import build_features
 from ..metrics import lwlrap
@@ -19,14 +19,18 @@ from .predict import inference_spec, predict_models
 
 def predict_run(run_dir: str | Path, data: DataSpec, *, out: str | Path, cache_dir: str | Path | None = None,
                 tta_views: int | None = None, skip_bad: bool = False, progress: bool = True,
-                device: str = "auto") -> dict:
+                device: str = "auto", allow_missing_folds: bool = False) -> dict:
     """Write a Kaggle-format submission for the test clips of ``data`` with the run's fold models
     (on ``device``: auto takes a GPU when there is one, whatever the run was trained on).
 
     ``data`` may hold only ``test/`` and ``sample_submission.csv``. Its labels must be the run's, in
     the same order. With ``skip_bad``, an unusable test clip still gets a row (the training label
-    frequencies, so the file stays complete) and is listed in the result.
+    frequencies, so the file stays complete) and is listed in the result. A fold model the run
+    should have and lacks is an error unless ``allow_missing_folds``.
     """
+    if tta_views is not None and (isinstance(tta_views, bool) or not isinstance(tta_views, int) or tta_views < 0):
+        raise AudiotagError(f"TTA views (--tta) = {tta_views!r}: a whole number of 0 or more",
+                            hint="0 predicts the clean windows only")
     run = Run.open(run_dir)
     config = run.config
     ds = data.load()
@@ -41,7 +45,7 @@ def predict_run(run_dir: str | Path, data: DataSpec, *, out: str | Path, cache_d
     features = build_features(ds, config, cache_dir=cache_dir, splits=("test",), skip_bad=skip_bad, progress=progress)
     good = features.dataset.split("test")
     device = resolve_device(device)
-    models = run.load_fold_models(device=device)
+    models = run.load_fold_models(device=device, allow_missing=allow_missing_folds)
     spec = inference_spec(config, views=tta_views)
     probs, seconds_per_clip = predict_models(models, ClipBank.from_features(features, good), spec, device=device,
                                              precision=inference_precision(run.info.get("precision", "fp32"), device),

@@ -20,7 +20,7 @@ from ..audio.inventory import default_cache_dir
 from ..config import Config
 from ..data.folds import make_folds, read_folds_csv
 from ..engine import distributed
-from ..engine.precision import resolve_device, resolve_precision
+from ..engine.precision import MEMORY_FILE, resolve_device, resolve_precision
 from ..errors import AudiotagError
 from ..features.cache import build_features
 from ..models import new_model
@@ -108,7 +108,8 @@ def _train_run(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, pro
         channels, bands = features.load(train_clips[0]).shape[:2]
         probe = new_model(config, channels=channels, bands=bands, n_classes=len(ds.vocabulary), device=device)
         example = torch.randn(min(config.train.batch_size, 16), channels, bands, crop_frames(config), device=device)
-        precision = resolve_precision(config.train.precision, device=device, model=probe, example=example)
+        precision = resolve_precision(config.train.precision, device=device, model=probe, example=example,
+                                      memory=cache_dir / MEMORY_FILE)
         precision = distributed.broadcast(precision)  # timings differ between processes; rank 0 decides
     processes = distributed.world_size()
     run.update_info(status="running", drop=("error",), device=str(device), precision=precision, folds_source=folds.source,

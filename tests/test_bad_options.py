@@ -1,0 +1,119 @@
+"""Options and settings that used to be accepted and then crash or answer wrongly: each must now be
+refused up front with the option or key named, a hint where one helps, no traceback, and no output
+file written."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audiotag import cli
+
+from test_train import TINY
+
+
+def tiny_sets(*extra: str) -> list[str]:
+    return [a for s in [*TINY, *extra] for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def trained(demo_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad-options")
+    args = ["train", "--data", str(demo_data), "--out", str(root / "run"), "--cache-dir", str(root / "cache"), "-q",
+            *tiny_sets()]
+    assert cli.main(args) == 0
+    clip = sorted((demo_data / "test").glob("*.wav"))[0]
+    return root, clip
+
+
+def run_cli(args, capsys):
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+CASES = {
+    # option                              -> (args after the fixture's paths are filled in, words the message has)
+    "predict --tta -3": (["predict", "{run}", "--data", "{data}", "--out", "{out}", "--tta", "-3", "-q"],
+                         ["--tta", "-3"]),
+    "tag --top -2": (["tag", "--run", "{run}", "{clip}", "--top", "-2"], ["--top", "-2"]),
+    "tag --top 0": (["tag", "--run", "{run}", "{clip}", "--top", "0"], ["--top"]),
+    "ensemble --prune nan": (["ensemble", "{run}", "{run}", "--out", "{out_dir}", "--prune", "nan", "-q"],
+                             ["--prune", "nan"]),
+    "ensemble --prune 2": (["ensemble", "{run}", "{run}", "--out", "{out_dir}", "--prune", "2", "-q"], ["--prune"]),
+    "features --splits curated,bogus": (["features", "--data", "{data}", "--splits", "curated,bogus", "--cache-dir",
+                                         "{cache}", "-q"], ["'bogus'", "curated"]),
+    "--set train.lr=nan": (["config", "--set", "train.lr=nan"], ["train.lr", "finite"]),
+    "--set train.mixup_prob=inf": (["config", "--set", "augment.mixup_prob=inf"], ["augment.mixup_prob", "finite"]),
+    "--set seed=10**23": (["config", "--set", "seed=100000000000000000000000"], ["seed", "out of range"]),
+    "--workers -1": (["check", "--data", "{data}", "--workers", "-1", "--no-audio"], ["data.num_workers", "-1"]),
+    "two datasets": (["check", "{data}", "--data", "{clip}", "--no-audio"], ["two datasets"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_bad_option_is_refused_by_name_before_any_output(name, trained, demo_data, tmp_path, capsys):
+    root, clip = trained
+    template, words = CASES[name]
+    out = tmp_path / "submission.csv"
+    fill = {"{run}": root / "run", "{data}": demo_data, "{out}": out, "{out_dir}": tmp_path / "ens",
+            "{clip}": clip, "{cache}": root / "cache"}
+    args = [fill.get(a, a) for a in template]
+    code, text = run_cli(args, capsys)
+    assert code == 2, text
+    assert "audiotag: error:" in text and "Traceback" not in text and "internal error" not in text
+    for word in words:
+        assert word in text, (word, text)
+    assert not out.exists() and not (tmp_path / "ens").exists()
+
+
+def test_a_missing_fold_model_is_an_error_unless_asked_for(trained, demo_data, tmp_path, capsys):
+    root, clip = trained
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    shutil.rmtree(run / "fold_1")
+    out = tmp_path / "submission.csv"
+    code, text = run_cli(["predict", run, "--data", demo_data, "--out", out, "--cache-dir", root / "cache", "-q"],
+                         capsys)
+    assert code == 2 and "fold(s) 1" in text and "--allow-missing-folds" in text and not out.exists()
+    code, text = run_cli(["tag", "--run", run, clip], capsys)
+    assert code == 2 and "fold(s) 1" in text
+    code, text = run_cli(["predict", run, "--data", demo_data, "--out", out, "--cache-dir", root / "cache", "-q",
+                          "--allow-missing-folds"], capsys)
+    assert code == 0 and "1 fold models" in text and out.exists()
+
+
+def test_huge_float_samples_are_refused_by_check_and_tag(trained, tmp_path, capsys):
+    root, clip = trained
+    y, sr = sf.read(clip, dtype="float32")
+    loud = tmp_path / "loud.wav"
+    sf.write(loud, (y * 1e30).astype(np.float32), sr, subtype="FLOAT")
+    code, text = run_cli(["tag", "--run", root / "run", loud, clip], capsys)
+    assert code == 1 and "loud.wav" in text and "above full scale" in text and "nan" not in text.lower()
+    assert str(clip) in text  # the good file is still tagged
+
+
+@pytest.mark.parametrize("damage", ["binary config", "tagged config", "config list", "garbage run.json",
+                                    "garbage scores.json"])
+def test_a_damaged_run_folder_is_named_and_does_not_hide_the_others(damage, trained, demo_data, tmp_path, capsys):
+    root, clip = trained
+    runs = tmp_path / "runs"
+    for name in ("good", "bad"):
+        shutil.copytree(root / "run", runs / name, ignore=shutil.ignore_patterns("*.pt"))
+    bad = runs / "bad"
+    culprit = {"binary config": ("config.yaml", b"\x00\xff\xfe" * 50),
+               "tagged config": ("config.yaml", b"!!python/object/apply:os.system ['true']\n"),
+               "config list": ("config.yaml", b"- 1\n- 2\n"),
+               "garbage run.json": ("run.json", b"{not json"),
+               "garbage scores.json": ("scores.json", b"\x00garbage")}[damage]
+    (bad / culprit[0]).write_bytes(culprit[1])
+    code, text = run_cli(["runs", runs], capsys)
+    assert code == 0 and "damaged" in text and culprit[0] in text
+    assert text.count("good") == 1 and "Traceback" not in text
+    code, text = run_cli(["predict", bad, "--data", demo_data, "--out", tmp_path / "s.csv", "-q"], capsys)
+    if damage != "garbage scores.json":  # prediction does not need the scores
+        assert code == 2 and culprit[0] in text and "hint:" in text and "internal error" not in text
+        assert not (tmp_path / "s.csv").exists()
