@@ -63,3 +63,15 @@ def test_the_page_renders_in_headless_chromium_with_every_image(report, tmp_path
     subprocess.run([browser, *flags, "--window-size=1200,2400", f"--screenshot={shot}", report.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def test_a_moved_pipeline_is_reported_from_its_own_folders(report, tmp_path, monkeypatch):
+    pipeline = report.parent.parent / "p"
+    moved = tmp_path / "elsewhere" / "p"
+    shutil.copytree(pipeline, moved)
+    marker = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+    (moved / "baseline" / "training_curves.png").write_bytes(marker)  # only the copy has this picture
+    monkeypatch.chdir(tmp_path)  # and the command runs from another folder
+    assert cli.main(["report", "elsewhere/p", "--out", "r", "-q"]) == 0
+    text = (tmp_path / "r" / "index.html").read_text()
+    assert base64.b64encode(marker).decode() in text

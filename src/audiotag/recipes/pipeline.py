@@ -124,7 +124,7 @@ def _train_stage(stage: Stage, config: Config, folder: Path, *, fp: str, setting
         state.save()
         run = train(data, config, out=folder, cache_dir=cache_dir, progress=progress)
     scores = run.scores or {}
-    return {"kind": "train", "folder": str(folder), "oof_lwlrap": scores.get("oof_lwlrap"),
+    return {"kind": "train", "folder": folder.name, "oof_lwlrap": scores.get("oof_lwlrap"),
             "test_lwlrap": scores.get("test_lwlrap"), "minutes": run.info.get("wall_seconds", 0) / 60,
             "inference_ms_per_clip": scores.get("test_inference_ms_per_clip")}
 
@@ -163,7 +163,7 @@ def _blend_stage(stage: Stage, folder: Path, out: Path, results: dict, *, cache_
     chosen = next(b for b in summary["blends"] if b["blend"] == summary["chosen"])
     used, unused, ms_per_clip = ensemble_inference(
         summary, {m: results[m]["inference_ms_per_clip"] for m in summary["kept"]})
-    return {"kind": "ensemble", "folder": str(folder), "oof_lwlrap": chosen["nested_oof_lwlrap"],
+    return {"kind": "ensemble", "folder": folder.name, "oof_lwlrap": chosen["nested_oof_lwlrap"],
             "test_lwlrap": chosen.get("test_lwlrap"), "blend": summary["chosen"], "members": used,
             "zero_weight": unused, "minutes": (time.perf_counter() - t0) / 60,
             "budget_cuts": summary.get("budget_cuts", []), "inference_ms_per_clip": ms_per_clip}

@@ -84,7 +84,9 @@ def _stages(target: Path) -> tuple[dict[str, dict], str | None]:
     state = target / "pipeline.json"
     if state.exists():
         body = json.loads(state.read_text())
-        return body["stages"], body.get("final_stage")
+        # every stage is the folder of its name inside the pipeline, wherever the pipeline was run or moved
+        stages = {name: {**row, "folder": str(target / name)} for name, row in body["stages"].items()}
+        return stages, body.get("final_stage")
     run = Run.open(target)
     scores = run.scores or {}
     return {target.name: {"kind": "train", "folder": str(target), "oof_lwlrap": scores.get("oof_lwlrap"),
