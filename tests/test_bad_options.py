@@ -51,6 +51,14 @@ CASES = {
     "--set seed=10**23": (["config", "--set", "seed=100000000000000000000000"], ["seed", "out of range"]),
     "--workers -1": (["check", "--data", "{data}", "--workers", "-1", "--no-audio"], ["data.num_workers", "-1"]),
     "two datasets": (["check", "{data}", "--data", "{clip}", "--no-audio"], ["two datasets"]),
+    "train --out FILE": (["train", "--data", "{data}", "--out", "{file}", "--cache-dir", "{fresh_cache}", "-q"],
+                         ["--out", "is a file"]),
+    "predict --out under a file": (["predict", "{run}", "--data", "{data}", "--out", "{under_file}", "--cache-dir",
+                                    "{fresh_cache}", "-q"], ["--out", "cannot write"]),
+    "predict --out FOLDER": (["predict", "{run}", "--data", "{data}", "--out", "{folder}", "--cache-dir",
+                              "{fresh_cache}", "-q"], ["--out", "is a folder"]),
+    "ensemble --out FILE": (["ensemble", "{run}", "{run}", "--out", "{file}", "-q"], ["--out", "is a file"]),
+    "report --out FILE": (["report", "{run}", "--out", "{file}", "-q"], ["--out", "is a file"]),
 }
 
 
@@ -61,9 +69,15 @@ def test_a_bad_option_is_refused_by_name_before_any_output(name, trained, demo_d
     out = tmp_path / "submission.csv"
     fill = {"{run}": root / "run", "{data}": demo_data, "{out}": out, "{out_dir}": tmp_path / "ens",
             "{clip}": clip, "{cache}": root / "cache"}
+    (tmp_path / "a-file").write_text("not a folder\n")
+    (tmp_path / "a-folder").mkdir()
+    fill.update({"{file}": tmp_path / "a-file", "{under_file}": tmp_path / "a-file" / "s.csv",
+                 "{folder}": tmp_path / "a-folder", "{fresh_cache}": tmp_path / "fresh-cache"})
     args = [fill.get(a, a) for a in template]
     code, text = run_cli(args, capsys)
     assert code == 2, text
+    assert not (tmp_path / "fresh-cache").exists()  # refused before any feature was computed
+    assert (tmp_path / "a-file").read_text() == "not a folder\n" and not any((tmp_path / "a-folder").iterdir())
     assert "audiotag: error:" in text and "Traceback" not in text and "internal error" not in text
     for word in words:
         assert word in text, (word, text)
@@ -117,3 +131,18 @@ def test_a_damaged_run_folder_is_named_and_does_not_hide_the_others(damage, trai
     if damage != "garbage scores.json":  # prediction does not need the scores
         assert code == 2 and culprit[0] in text and "hint:" in text and "internal error" not in text
         assert not (tmp_path / "s.csv").exists()
+
+
+def test_predictions_with_a_nan_row_are_never_written(tmp_path):
+    from audiotag.errors import AudiotagError
+    from audiotag.runs import write_predictions
+
+    probs = np.full((3, 2), 0.5)
+    probs[1, 0] = np.nan
+    out = tmp_path / "submission.csv"
+    with pytest.raises(AudiotagError, match="1 clip.*NaN or infinite.*b.wav"):
+        write_predictions(out, ["a.wav", "b.wav", "c.wav"], ("x", "y"), probs)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    probs[1, 0] = 0.25
+    write_predictions(out, ["a.wav", "b.wav", "c.wav"], ("x", "y"), probs)
+    assert out.read_text().splitlines()[2] == "b.wav,0.250000,0.500000"

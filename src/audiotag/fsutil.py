@@ -82,6 +82,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def check_writable(path: str | Path, *, folder: bool = False, option: str = "--out") -> Path:
+    """Fail now, not after the compute, when ``path`` (a file, or a folder with ``folder``) cannot
+    be written: it is the wrong kind of thing, or its folder refuses a file."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path} is a file, not a folder", hint=f"give {option} a folder to write into")
+    if not folder and path.is_dir():
+        raise OutputError(f"{option} {path} is a folder, not a file", hint=f"give {option} a file name")
+    where = path if folder else path.parent
+    if not _writes_enabled:
+        return path
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        probe = temporary_path(where / ".write-probe")
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"{option} {path}: cannot write in {where} ({e.strerror or e})",
+                          hint=f"choose a writable {option}") from None
+    return path
+
+
 def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -71,6 +71,11 @@ class DataSpec:
 def write_predictions(path: Path, fnames: list[str], vocabulary: tuple[str, ...], probs: np.ndarray,
                       *, extra: dict[str, list] | None = None) -> Path:
     """``fname[, extra...], <one column per label>`` with 6 decimals: what pandas and Kaggle read."""
+    bad = np.flatnonzero(~np.isfinite(probs).all(axis=1)) if len(probs) else []
+    if len(bad):  # a submission with a NaN row looks complete and is wrong: nothing is written
+        raise AudiotagError(f"{path}: the predictions of {len(bad)} clip(s) are NaN or infinite "
+                            f"(e.g. {fnames[bad[0]]}); nothing was written",
+                            hint="check those clips (audiotag check) and the run's models")
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     extra = extra or {}
@@ -161,6 +166,8 @@ class Run:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path(runs_root) / f"{stamp}-{name}"
         out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise AudiotagError(f"--out {out} is a file, not a run folder", hint="choose a folder name for --out")
         while True:
             used = out.exists() and any(p.name != CLAIM for p in out.iterdir())
             if not used and claim_folder(out):

@@ -80,6 +80,7 @@ def blend_members(members: list[Member], *, out: str | Path, blends: tuple[str, 
     unknown = [b for b in blends if b not in BLENDERS]
     if unknown:
         raise AudiotagError(f"unknown blend(s) {unknown}", hint=f"choose from {', '.join(BLENDERS)}")
+    fsutil.check_writable(out, folder=True)
     names = [m.name for m in members]
     check_aligned(members)
     fnames, X, test_fnames, X_test = stack_members(members)

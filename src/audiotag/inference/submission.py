@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import fsutil
 from ..audio.inventory import default_cache_dir
 from ..engine.precision import inference_precision, resolve_device
 from ..errors import AudiotagError, DataError
@@ -32,6 +33,7 @@ def predict_run(run_dir: str | Path, data: DataSpec, *, out: str | Path, cache_d
         raise AudiotagError(f"TTA views (--tta) = {tta_views!r}: a whole number of 0 or more",
                             hint="0 predicts the clean windows only")
     run = Run.open(run_dir)
+    fsutil.check_writable(out)
     config = run.config
     ds = data.load()
     test = ds.split("test")

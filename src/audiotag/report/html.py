@@ -158,6 +158,7 @@ def build_report(target: str | Path, out: str | Path, *, ablations: list[str | P
                  progress: bool = True) -> Path:
     """Write ``out/index.html`` about the run or pipeline folder ``target``; returns its path."""
     target, out = Path(target), Path(out)
+    fsutil.check_writable(out, folder=True)
     stages, final = _stages(target)
     train_stages = [name for name, r in stages.items() if r["kind"] == "train"]
     if not train_stages:
