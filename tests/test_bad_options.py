@@ -146,3 +146,35 @@ def test_predictions_with_a_nan_row_are_never_written(tmp_path):
     probs[1, 0] = 0.25
     write_predictions(out, ["a.wav", "b.wav", "c.wav"], ("x", "y"), probs)
     assert out.read_text().splitlines()[2] == "b.wav,0.250000,0.500000"
+
+
+def _csv_dataset(root, rows, *, extra_files=0):
+    audio = root / "wavs"
+    audio.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, _ in rows:
+        sf.write(audio / name, (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
+    for i in range(extra_files):
+        sf.write(audio / f"unlisted{i:03d}.wav", (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
+    table = root / "labels.csv"
+    table.write_text("path,tags\n" + "".join(f'{n},"{t}"\n' for n, t in rows))
+    return table, audio
+
+
+def test_a_wrong_label_separator_is_pointed_out(tmp_path, capsys):
+    rows = [("a.wav", "dog"), ("b.wav", "cat"), ("c.wav", "dog;cat"), ("d.wav", "bird"), ("e.wav", "cat;bird")]
+    table, audio = _csv_dataset(tmp_path, rows)
+    code, text = run_cli(["check", "--csv", table, "--audio-dir", audio], capsys)
+    assert code == 0 and "joined-labels" in text and "--label-sep ';'" in text and "'cat;bird'" in text
+    code, text = run_cli(["check", "--csv", table, "--audio-dir", audio, "--label-sep", ";"], capsys)
+    assert code == 0 and "joined-labels" not in text and "[warning" not in text
+
+
+def test_unlisted_files_are_counted_once_and_can_be_declared_unselected(tmp_path, capsys):
+    rows = [(f"{c}{i}.wav", c) for c in ("dog", "cat") for i in range(3)]
+    table, audio = _csv_dataset(tmp_path, rows, extra_files=40)
+    code, text = run_cli(["check", "--csv", table, "--audio-dir", audio], capsys)
+    assert code == 1 and text.count("[error stray-file]") == 5
+    assert "and 35 more errors of this kind (stray-file)" in text and "--only-listed" in text
+    code, text = run_cli(["check", "--csv", table, "--audio-dir", audio, "--only-listed"], capsys)
+    assert code == 0 and "stray-file" not in text

@@ -56,11 +56,12 @@ class DataSpec:
     fold_col: str | None = None
     label_sep: str = ","
     vocabulary: str | None = None
+    only_listed: bool = False  # the CSVs are the selection: unlisted audio files are not problems
 
     def load(self, *, audio: bool = True) -> Dataset:
         return load_dataset(self.root, csv=self.csv, audio_dir=self.audio_dir, file_col=self.file_col,
                             label_col=self.label_col, fold_col=self.fold_col, label_sep=self.label_sep,
-                            vocabulary=self.vocabulary, audio=audio)
+                            vocabulary=self.vocabulary, audio=audio, only_listed=self.only_listed)
 
     def absolute(self) -> "DataSpec":
         paths = {f.name: str(Path(v).resolve()) for f in fields(self)

@@ -8,7 +8,6 @@ import textwrap
 from dataclasses import dataclass
 
 from ..config import Config, load_config
-from ..data.layouts import load_dataset
 from ..data.records import Dataset
 from ..errors import AudiotagError
 from ..runs import DataSpec
@@ -44,6 +43,8 @@ def shared_options() -> Shared:
     g.add_argument("--fold-col", metavar="NAME", help="column with predefined CV folds (default: fold, when present)")
     g.add_argument("--label-sep", default=",", metavar="SEP", help="separator between labels of one clip (default ',')")
     g.add_argument("--vocabulary", metavar="FILE", help="vocabulary.csv fixing the label set and order")
+    g.add_argument("--only-listed", action="store_true",
+                   help="the CSV is the selection: audio files it does not name are not errors")
 
     config = _parent()
     config.add_argument("--config", metavar="FILE", help="YAML config (only the keys it changes); default: built-in")
@@ -113,14 +114,11 @@ def data_spec(args: argparse.Namespace) -> DataSpec:
         raise AudiotagError("no dataset given", hint="pass --data DIR, or --csv FILE --audio-dir DIR")
     return DataSpec(root=args.data, csv=args.csv, audio_dir=args.audio_dir, file_col=args.file_col,
                     label_col=args.label_col, fold_col=args.fold_col, label_sep=args.label_sep,
-                    vocabulary=args.vocabulary)
+                    vocabulary=args.vocabulary, only_listed=args.only_listed)
 
 
 def load(args: argparse.Namespace, *, audio: bool = True) -> Dataset:
-    spec = data_spec(args)
-    return load_dataset(spec.root, csv=spec.csv, audio_dir=spec.audio_dir, file_col=spec.file_col,
-                        label_col=spec.label_col, fold_col=spec.fold_col, label_sep=spec.label_sep,
-                        vocabulary=spec.vocabulary, audio=audio)
+    return data_spec(args).load(audio=audio)
 
 
 def print_skipped(skipped) -> None:

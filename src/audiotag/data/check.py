@@ -28,6 +28,7 @@ from .records import Clip, Dataset, Problem
 
 INVENTORY_FILE = "inventory.sqlite"
 LOOKUP_BLOCK = 256  # files looked up in the inventory per query
+EXAMPLES_PER_KIND = 5  # problems of one kind printed before they are counted instead
 
 
 @dataclass
@@ -55,11 +56,23 @@ class CheckReport:
         errors = self.errors
         return not errors or (skip_bad and all(p.skippable for p in errors))
 
-    def format(self, *, limit: int | None = None, warnings: bool = True) -> str:
+    def format(self, *, limit: int | None = None, warnings: bool = True, per_kind: int = EXAMPLES_PER_KIND) -> str:
+        """Every problem, except that a kind (severity and code) met more than ``per_kind`` times shows
+        ``per_kind`` examples and a count: a warning that hits every file is said once, not 3,000 times."""
         shown = self.errors + (self.warnings if warnings else [])
-        lines = [p.format() for p in shown[:limit]]
-        if limit is not None and len(shown) > limit:
-            lines.append(f"... and {len(shown) - limit} more (all of them are in the problems CSV)")
+        counts = Counter((p.severity, p.code) for p in shown)
+        seen: Counter = Counter()
+        lines = []
+        for p in shown:
+            kind = (p.severity, p.code)
+            seen[kind] += 1
+            if seen[kind] <= per_kind:
+                lines.append(p.format())
+            if seen[kind] == per_kind and counts[kind] > per_kind:
+                lines.append(f"    ... and {counts[kind] - per_kind} more {p.severity}s of this kind ({p.code}); "
+                             "--report FILE lists every one")
+        if limit is not None and len(lines) > limit:
+            lines = lines[:limit] + ["... and more (all of them are in the problems CSV)"]
         return "\n".join(lines)
 
     def summary(self) -> str:
@@ -122,7 +135,8 @@ def file_problems(ds: Dataset) -> tuple[list[Problem], list[tuple[Clip, FileStat
                 rel = Path(path).relative_to(folder).as_posix()
                 problems.append(Problem("stray-file", f"{folder.name}/{rel} has no row in the CSV", split=split,
                                         fname=rel, source=f"{folder.name}/",
-                                        hint="add a row for it, or move it out of the audio folder"))
+                                        hint="add a row for it, or move it out of the audio folder; when the CSV "
+                                             "is the selection, pass --only-listed"))
     return problems, decodable
 
 

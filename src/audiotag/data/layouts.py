@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -238,10 +239,36 @@ def load_csv(csv_path: Path, audio_dir: Path, *, file_col: str | None = None, la
         _check_vocabulary(clips + duplicates, vocab, problems)
     else:
         vocab = tuple(sorted({label for c in clips for label in c.labels}))
+        problems += joined_label_warnings(vocab, label_sep=label_sep, source=csv_path.name)
     if not clips:
         raise DataError(f"{csv_path}: has no rows")
     return Dataset(root=audio_dir, layout="csv", vocabulary=vocab, clips=clips, problems=problems,
                    audio_dirs={"curated": audio_dir} if audio else {})
+
+
+SEPARATORS = (",", ";", "|", "/", "+")
+
+
+def joined_label_warnings(vocabulary: tuple[str, ...], *, label_sep: str, source: str) -> list[Problem]:
+    """Labels that look like several labels joined by a separator other than ``label_sep``: the
+    sign of a wrong ``--label-sep``, which silently makes up new classes."""
+    known = set(vocabulary)
+    out = []
+    for sep in SEPARATORS:
+        if sep == label_sep:
+            continue
+        holding = [label for label in vocabulary if sep in label]
+        joined = [label for label in holding
+                  if len(parts := [p.strip() for p in label.split(sep)]) > 1 and all(p in known for p in parts)]
+        if joined:
+            out.append(Problem("joined-labels", f"{len(joined)} label(s) are other labels joined by {sep!r} (e.g. "
+                               f"{joined[0]!r}): they became classes of their own", severity="warning", source=source,
+                               hint=f"if a clip lists several labels separated by {sep!r}, pass --label-sep {sep!r}"))
+        elif len(holding) >= 2:
+            out.append(Problem("separator-in-labels", f"{len(holding)} labels contain {sep!r} (e.g. {holding[0]!r})",
+                               severity="warning", source=source,
+                               hint=f"if {sep!r} separates several labels of a clip, pass --label-sep {sep!r}"))
+    return out
 
 
 # ----------------------------------------------------------------------------- class folders
@@ -288,13 +315,22 @@ def _single_label_csv(root: Path) -> Path | None:
 
 def load_dataset(root: str | Path | None = None, *, csv: str | Path | None = None, audio_dir: str | Path | None = None,
                  file_col: str | None = None, label_col: str | None = None, fold_col: str | None = None,
-                 label_sep: str = ",", vocabulary: str | Path | None = None, audio: bool = True) -> Dataset:
+                 label_sep: str = ",", vocabulary: str | Path | None = None, audio: bool = True,
+                 only_listed: bool = False) -> Dataset:
     """Read a dataset in any supported layout.
 
     ``root`` alone: the layout is detected (Kaggle CSVs, a labelled CSV with its audio, or class
     folders). ``csv`` (+ ``audio_dir``, default: the CSV's folder or ``root``): a generic CSV.
-    ``audio=False`` reads only the CSVs (no audio folders needed).
+    ``audio=False`` reads only the CSVs (no audio folders needed). ``only_listed``: the CSVs are
+    the selection, and audio files they do not name are not problems.
     """
+    ds = _detect_and_load(root, csv=csv, audio_dir=audio_dir, file_col=file_col, label_col=label_col,
+                          fold_col=fold_col, label_sep=label_sep, vocabulary=vocabulary, audio=audio)
+    return dataclasses.replace(ds, audio_dirs={}) if only_listed else ds
+
+
+def _detect_and_load(root, *, csv, audio_dir, file_col, label_col, fold_col, label_sep, vocabulary,
+                     audio) -> Dataset:
     # Folders are made absolute once here, so every clip path is absolute without per-file resolving.
     if csv is not None:
         csv = Path(csv).absolute()
