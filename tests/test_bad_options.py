@@ -178,3 +178,33 @@ def test_unlisted_files_are_counted_once_and_can_be_declared_unselected(tmp_path
     assert "and 35 more errors of this kind (stray-file)" in text and "--only-listed" in text
     code, text = run_cli(["check", "--csv", table, "--audio-dir", audio, "--only-listed"], capsys)
     assert code == 0 and "stray-file" not in text
+
+
+@pytest.mark.parametrize("damage", ["done.json", "oof csv text", "oof csv short row", "oof csv nan",
+                                    "checkpoint of another width"])
+def test_damaged_parts_of_a_run_are_named_with_what_to_do(damage, trained, demo_data, tmp_path, capsys):
+    import torch
+
+    root, clip = trained
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    oof = run / "oof_predictions.csv"
+    lines = oof.read_text().splitlines()
+    if damage == "done.json":
+        (run / "fold_0" / "done.json").write_text("{garbage")
+        args, culprit = ["merge", run, "-q"], "fold_0"
+    elif damage.startswith("oof csv"):
+        cells = lines[3].split(",")
+        cells[-1] = {"oof csv text": "abc", "oof csv short row": "", "oof csv nan": "nan"}[damage]
+        lines[3] = ",".join(cells if damage != "oof csv short row" else cells[:-1])
+        oof.write_text("\n".join(lines) + "\n")
+        args, culprit = ["ensemble", run, root / "run", "--out", tmp_path / "ens", "-q"], "oof_predictions.csv, line 4"
+    else:
+        state = torch.load(run / "fold_0" / "best.pt", weights_only=True)
+        state["model"] = {k: torch.cat([v, v]) if v.ndim else v for k, v in state["model"].items()}
+        torch.save(state, run / "fold_0" / "best.pt")
+        args, culprit = ["tag", "--run", run, clip], "best.pt"
+    code, text = run_cli(args, capsys)
+    assert code == 2, text
+    assert culprit in text and "hint:" in text and "internal error" not in text and "Traceback" not in text
+    assert not (tmp_path / "ens").exists()

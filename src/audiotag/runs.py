@@ -86,23 +86,63 @@ def write_predictions(path: Path, fnames: list[str], vocabulary: tuple[str, ...]
     return fsutil.write_text(path, out.getvalue())
 
 
+def _read_table(path: Path, *, first: list[str], what: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a predictions CSV whose header starts with ``first``; a file that is not
+    one is a :class:`DataError` naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if r]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path} cannot be read as {what} ({type(e).__name__})",
+                        hint="the file is damaged; restore it or produce it again") from None
+    if not rows or rows[0][: len(first)] != first:
+        found = rows[0][: len(first) + 1] if rows else "an empty file"
+        raise DataError(f"{path}: expected {what} with columns {', '.join(first)}, <labels>; found {found}",
+                        hint="the file is damaged; restore it or produce it again")
+    width = len(rows[0])
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != width:
+            raise DataError(f"{path}, line {line}: {len(row)} fields, the header has {width}",
+                            hint="the file is damaged; restore it or produce it again")
+    return rows[0], rows[1:]
+
+
+def _numbers(path: Path, rows: list[list[str]], start: int) -> np.ndarray:
+    try:
+        values = np.array([[float(v) for v in r[start:]] for r in rows], dtype=np.float64)
+    except ValueError:
+        line = next(i for i, r in enumerate(rows, start=2) if not _all_numbers(r[start:]))
+        raise DataError(f"{path}, line {line}: a probability is not a number",
+                        hint="the file is damaged; restore it or produce it again") from None
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1)) if values.size else []
+    if len(bad):
+        raise DataError(f"{path}, line {bad[0] + 2}: a probability is NaN or infinite",
+                        hint="the file is damaged; restore it or produce it again")
+    return values
+
+
+def _all_numbers(values: list[str]) -> bool:
+    try:
+        [float(v) for v in values]
+    except ValueError:
+        return False
+    return True
+
+
 def read_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     """(fnames, label columns, probabilities) of a file written by :func:`write_predictions` (no extras)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
-    header, body = rows[0], [r for r in rows[1:] if r]
-    return [r[0] for r in body], header[1:], np.array([[float(v) for v in r[1:]] for r in body])
+    header, body = _read_table(path, first=["fname"], what="predictions")
+    return [r[0] for r in body], header[1:], _numbers(path, body, 1)
 
 
 def read_oof_predictions(path: Path) -> tuple[list[str], list[str], dict[str, int], np.ndarray]:
     """(fnames, label columns, fname -> fold, probabilities) of a run's ``oof_predictions.csv``."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if r]
-    header, body = rows[0], rows[1:]
-    if header[:2] != ["fname", "fold"]:
-        raise DataError(f"{path}: expected columns fname, fold, <labels>; found {header[:3]}")
-    return ([r[0] for r in body], header[2:], {r[0]: int(r[1]) for r in body},
-            np.array([[float(v) for v in r[2:]] for r in body]))
+    header, body = _read_table(path, first=["fname", "fold"], what="out-of-fold predictions")
+    try:
+        folds = {r[0]: int(r[1]) for r in body}
+    except ValueError:
+        raise DataError(f"{path}: a fold is not a whole number", hint="the file is damaged; restore it") from None
+    return [r[0] for r in body], header[2:], folds, _numbers(path, body, 2)
 
 
 CLAIM = ".claimed"
@@ -326,11 +366,18 @@ class Run:
         """Fold ``k``'s chosen weights (``train.checkpoint``: best or last) in a fresh model, eval mode."""
         config = config or self.config
         which = which or config.train.checkpoint
-        state = load_checkpoint(self.fold_dir(k) / f"{which}.pt")
-        weights = state["model"] if which == "best" else state["trainer"]["model"]
-        model = new_model(config, channels=state["channels"], bands=state["bands"],
-                          n_classes=len(state["vocabulary"]), device=device)
-        model.load_state_dict(weights)
+        path = self.fold_dir(k) / f"{which}.pt"
+        state = load_checkpoint(path)
+        try:
+            weights = state["model"] if which == "best" else state["trainer"]["model"]
+            model = new_model(config, channels=state["channels"], bands=state["bands"],
+                              n_classes=len(state["vocabulary"]), device=device)
+            model.load_state_dict(weights)
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise AudiotagError(f"checkpoint {path} does not fit the run's model ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200]})",
+                                hint=f"it is from another run or config; restore it, or delete {path.parent} and "
+                                     f"train that fold again: audiotag train --resume {self.dir} --fold {k}") from None
         return model.eval()
 
     def expected_folds(self) -> list[int] | None:

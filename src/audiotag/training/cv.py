@@ -27,7 +27,7 @@ from ..engine.callbacks import Checkpointer, EarlyStopping, History
 from ..engine.checkpoint import load_checkpoint
 from ..engine.mixmatch import MixMatchTrainer
 from ..engine.trainer import Trainer, lr_lambda
-from ..errors import AudiotagError
+from ..errors import AudiotagError, DataError
 from ..features.bank import ClipBank
 from ..features.frontend import channel_names
 from ..inference.predict import average_folds, frames_per_second, inference_spec, predict_model
@@ -61,9 +61,13 @@ def _load_done(folder, val_index) -> FoldResult | None:
     done = folder / "done.json"
     if not done.exists():
         return None
-    summary = json.loads(done.read_text())
-    test = np.load(folder / "test.npy") if (folder / "test.npy").exists() else None
-    return FoldResult(summary["fold"], np.load(folder / "oof.npy"), val_index, test, summary)
+    try:
+        summary = json.loads(done.read_text(encoding="utf-8"))
+        test = np.load(folder / "test.npy") if (folder / "test.npy").exists() else None
+        return FoldResult(summary["fold"], np.load(folder / "oof.npy"), val_index, test, summary)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{folder} holds a damaged finished fold ({type(e).__name__} in done.json, oof.npy or "
+                        "test.npy)", hint=f"delete {done} to train that fold again") from None
 
 
 @dataclass
