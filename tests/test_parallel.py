@@ -86,3 +86,20 @@ def test_with_enough_tasks_expected_the_workers_start_before_the_first_task_is_m
         assert results == [x * x for x in range(300)]
         assert seen == [started]
     assert list(parallel_map(pid_and_square, iter([]), num_workers=2, progress=False, expected=300)) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or os.environ.get("AUDIOTAG_START_METHOD", "fork") != "fork",
+                    reason="counts a forked worker's threads through Linux's /proc")
+def test_workers_forked_after_multithreaded_torch_work_start_with_one_thread():
+    """A pipeline trains a stage in-process (torch on every core), then builds the next stage's
+    features in forked workers: each worker must not inherit a thread of torch's pool."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        counts = set(parallel_map(os_threads_after_a_product, range(200), num_workers=2, progress=False))
+        assert counts == {1}
+        assert torch.get_num_threads() == 2  # the parent gets its threads back
+    finally:
+        torch.set_num_threads(saved)

@@ -16,10 +16,12 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
 
-from threadpoolctl import threadpool_limits
+import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from .progress import progress_bar
 
@@ -53,10 +55,8 @@ def _apply_chunk(fn: Callable, chunk: list) -> list:
 
 
 def _worker_init(initializer: Callable | None, initargs: tuple) -> None:
-    import torch
-    from threadpoolctl import threadpool_info, threadpool_limits
-
-    torch.set_num_threads(1)
+    if torch.get_num_threads() != 1:  # forked from a parent held at one thread: setting it again starts a thread
+        torch.set_num_threads(1)
     # numpy's OpenBLAS read its thread count when the parent imported it: a worker would still
     # split products over every core, against the other workers. Forked workers inherit one BLAS
     # thread from parallel_map; setting it again would restart OpenBLAS's thread pool after the
@@ -66,6 +66,22 @@ def _worker_init(initializer: Callable | None, initargs: tuple) -> None:
         threadpool_limits({api: 1 for api in busy})
     if initializer is not None:
         initializer(*initargs)
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Hold torch at one thread while workers are forked: a parent that trained with several
+    (its OpenMP pool started) otherwise hands each forked worker a thread of its own."""
+    import torch
+
+    saved = torch.get_num_threads()
+    if saved != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if saved != 1:
+            torch.set_num_threads(saved)
 
 
 def _start_pool(workers: int, initializer: Callable | None, initargs: tuple) -> ProcessPoolExecutor:
@@ -114,7 +130,8 @@ def parallel_map(fn: Callable[[T], R], tasks: Iterable[T], *, total: int | None 
                 yield from results
                 bar.update(len(results))
             return
-        with threadpool_limits(1, user_api="blas"), _start_pool(max_workers, initializer, initargs) as pool:
+        with threadpool_limits(1, user_api="blas"), _one_torch_thread(), \
+                _start_pool(max_workers, initializer, initargs) as pool:
             pending: set[Any] = set()
             if early:
                 pool.submit(int)  # a no-op: the pool forks its workers at the first submit
