@@ -203,6 +203,7 @@ def test_a_stage_pseudo_labels_the_test_set_with_a_blend_and_joins_the_final_ble
     copied = mtimes(moved)
     assert run_cli(path, demo_data, moved, cache) == 0
     assert capsys.readouterr().out.count("done earlier, reused") == 5 and not (moved / ".replaced").exists()
+    assert mtimes(moved) == copied
     # a folder moved while its pseudo-label stage was interrupted resumes with the new location's
     # pseudo-labels, as the original's are gone
     relocated = tmp_path / "relocated"

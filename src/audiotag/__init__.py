@@ -18,8 +18,9 @@ from .data.layouts import load_dataset
 from .errors import AudiotagError, AudioError, ConfigError, DataError, ValidationFailed
 from .features.cache import FeatureSet, FeatureStore, build_features
 from .mkl import unlock as use_fast_mkl
+from .predictor import Predictor, load_predictor
 from .version import __version__
 
 __all__ = ["Config", "load_config", "check_dataset", "validate", "load_dataset", "build_features", "FeatureSet",
            "FeatureStore", "AudiotagError", "AudioError", "ConfigError", "DataError", "ValidationFailed",
-           "use_fast_mkl", "__version__"]
+           "use_fast_mkl", "load_predictor", "Predictor", "__version__"]

@@ -6,8 +6,7 @@ import sys
 from pathlib import Path
 
 from ..inference.score import score_submission
-from ..inference.submission import predict_run
-from ..inference.tag import tag_files
+from ..predictor import load_predictor, predict_submission, tag_files
 from ..runs import list_runs
 from ..training.audit import audit_run
 from ..training.train import merge, resume, train
@@ -67,11 +66,12 @@ def add_merge(subs, shared: Shared) -> None:
 
 
 def cmd_predict(args) -> int:
-    result = predict_run(args.run, data_spec(args), out=args.out, cache_dir=args.cache_dir, tta_views=args.tta,
-                         skip_bad=args.skip_bad, progress=not args.quiet, device=args.device or "auto",
-                         allow_missing_folds=args.allow_missing_folds)
-    print(f"wrote {result['out']}: {result['clips']} clips, {result['models']} fold models, "
-          f"{result['tta_views']} TTA views, {result['seconds_per_clip'] * 1000:.1f} ms per clip")
+    result = predict_submission(args.run, data_spec(args), out=args.out, cache_dir=args.cache_dir, tta_views=args.tta,
+                                skip_bad=args.skip_bad, progress=not args.quiet, device=args.device or "auto",
+                                allow_missing_folds=args.allow_missing_folds)
+    views = f", {result['tta_views']} TTA views" if result["tta_views"] is not None else ""
+    print(f"wrote {result['out']}: {result['clips']} clips with the {result['kind']} ({result['models']} fold "
+          f"models{views}), {result['seconds_per_clip'] * 1000:.1f} ms per clip")
     if result["filled_with_prior"]:
         print(f"{len(result['filled_with_prior'])} unusable clips got the training label frequencies instead: "
               + ", ".join(result["filled_with_prior"][:10]))
@@ -82,14 +82,20 @@ def cmd_predict(args) -> int:
 
 def add_predict(subs, shared: Shared) -> None:
     p = add_subcommand(
-        subs, "predict", "write a Kaggle submission for a test set with a trained run",
-        "Predict every test clip of DIR (test/ + sample_submission.csv is enough) with the run's fold models, "
-        "sliding windows and TTA, and write fname + one column per label in vocabulary order.",
-        "audiotag predict runs/baseline --data data/fat2019 --out submission.csv --tta 4",
+        subs, "predict", "write a Kaggle submission for a test set with a run, an ensemble or a pipeline",
+        "Predict every test clip of DIR (test/ + sample_submission.csv is enough) and write fname + one column "
+        "per label in vocabulary order. FOLDER is a run (its fold models, sliding windows and TTA), an ensemble "
+        "folder (every member its blend weighs, each with its own features, windows and TTA, blended as fitted) "
+        "or a pipeline folder (its final stage). On the pipeline's own test set this writes its submission.csv "
+        "again.",
+        """
+        audiotag predict runs/baseline --data data/fat2019 --out submission.csv --tta 4
+        audiotag predict runs/pipeline --data data/new_test_set --out submission.csv   # the final blend
+        """,
         parents=[shared.data, shared.device, shared.cache, shared.skip_bad, shared.quiet])
-    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("run", metavar="FOLDER", help="a run, ensemble or pipeline folder")
     p.add_argument("--out", required=True, metavar="FILE", help="submission CSV to write")
-    p.add_argument("--tta", type=int, metavar="N", help="TTA views (default: the run's predict.tta_views)")
+    p.add_argument("--tta", type=int, metavar="N", help="TTA views of a run (default: the run's predict.tta_views)")
     p.add_argument("--allow-missing-folds", action="store_true",
                    help="predict with the fold models present when some are missing (default: an error)")
     p.set_defaults(func=cmd_predict)
@@ -146,6 +152,8 @@ def add_runs(subs, shared: Shared) -> None:
 
 
 def cmd_tag(args) -> int:
+    if args.timeline:
+        return _timelines(args)
     items = tag_files(args.run, args.files, top=args.top, device=args.device or "auto",
                       allow_missing_folds=args.allow_missing_folds)
     for item in items:
@@ -162,19 +170,45 @@ def cmd_tag(args) -> int:
     return 1 if failed else 0
 
 
+def _timelines(args) -> int:
+    predictor = load_predictor(args.run, device=args.device or "auto", allow_missing_folds=args.allow_missing_folds)
+    out = Path(args.out or "timelines")
+    for path in args.files:
+        timeline = predictor.timeline(path, hop_seconds=args.hop_seconds, threshold=args.threshold,
+                                      min_duration_seconds=args.min_duration)
+        written = timeline.write(out, stem=Path(path).stem)
+        print(f"{path}: {len(timeline.events)} events above {args.threshold:g} "
+              f"(windows of {timeline.window_s:g} s every {timeline.hop_s:g} s)")
+        for _, e in timeline.events.iterrows():
+            print(f"  {e['onset_s']:8.2f} - {e['offset_s']:8.2f} s  {e['peak']:.3f}  {e['label']}")
+        print(f"  written: {', '.join(str(p) for p in written.values())}")
+    return 0
+
+
 def add_tag(subs, shared: Shared) -> None:
     p = add_subcommand(
-        subs, "tag", "print the top tags of audio files",
-        "Decode each file, compute its features and print the labels the run's fold models rate highest. "
-        "A folder stands for the audio files under it. Files that cannot be decoded are reported and "
-        "skipped; the exit status is then 1.",
-        "audiotag tag --run runs/baseline dog_bark.wav street.flac recordings/ --top 3",
+        subs, "tag", "print the top tags of audio files, or their events over time",
+        "Decode each file and print the labels FOLDER (a run, an ensemble or a pipeline) rates highest. A folder "
+        "of audio stands for the audio files under it. Files that cannot be decoded are reported and skipped; "
+        "the exit status is then 1. --timeline scores windows centred every --hop-seconds over each file instead, "
+        "and writes the scores (CSV), the events above --threshold (label, onset, offset, peak; CSV and JSON) "
+        "and a plot to --out.",
+        """
+        audiotag tag --run runs/baseline dog_bark.wav street.flac recordings/ --top 3
+        audiotag tag --run runs/pipeline --timeline long_recording.wav --hop-seconds 0.25 --out timelines/
+        """,
         parents=[shared.device])
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--run", required=True, metavar="RUN_DIR")
-    p.add_argument("--top", type=int, default=5, metavar="N")
+    p.add_argument("--run", required=True, metavar="FOLDER", help="a run, ensemble or pipeline folder")
+    p.add_argument("--top", type=int, default=5, metavar="N", help="labels shown per file (default 5)")
     p.add_argument("--allow-missing-folds", action="store_true",
                    help="tag with the fold models present when some are missing (default: an error)")
+    g = p.add_argument_group("timelines")
+    g.add_argument("--timeline", action="store_true", help="scores and events over time instead of top tags")
+    g.add_argument("--hop-seconds", type=float, default=0.5, metavar="S", help="between window centres (default 0.5)")
+    g.add_argument("--threshold", type=float, default=0.5, metavar="P", help="an event's score (default 0.5)")
+    g.add_argument("--min-duration", type=float, default=0.0, metavar="S", help="shortest event kept (default 0)")
+    g.add_argument("--out", metavar="DIR", help="folder for the timeline files (default: timelines)")
     p.set_defaults(func=cmd_tag)
 
 

@@ -33,7 +33,8 @@ from ..plots import plot_correlation
 from ..progress import progress_bar
 from ..runs import write_predictions
 from .estimators import BLENDERS, correlation, make_blender, nested_oof, prune
-from .members import Member, check_aligned, load_member, member_truth, stack_members
+from .members import Member, check_aligned, load_member, member_records, member_truth, stack_members
+from .persist import save_blender
 
 DEFAULT_BLENDS = ("mean", "geometric", "rank", "weighted", "caruana", "stack_logistic", "stack_mlp")
 
@@ -123,12 +124,13 @@ def blend_members(members: list[Member], *, out: str | Path, blends: tuple[str, 
             if weights is not None else ""
         row["seconds"] = round(time.perf_counter() - start, 2)
         blend_rows.append(row)
-        fitted[name] = (oof, test, weights)
+        fitted[name] = (oof, test, weights, final)
     chosen = max(blend_rows, key=lambda r: r["nested_oof_lwlrap"])["blend"]  # first wins ties: simpler blends first
     columns = ["blend", "nested_oof_lwlrap"] + (["test_lwlrap"] if y_test is not None else []) + ["weights", "seconds"]
     blends_csv, blends_md = _table(blend_rows, columns)
     fsutil.write_text(out / "blends.csv", blends_csv)
-    oof, test, weights = fitted[chosen]
+    oof, test, weights, final = fitted[chosen]
+    save_blender(out, chosen, final, members=[names[j] for j in kept])
     write_predictions(out / "oof_predictions.csv", fnames, tuple(members[0].vocabulary), oof,
                       extra={"fold": folds.tolist()})
     write_predictions(out / "submission.csv", test_fnames, tuple(members[0].vocabulary), test)
@@ -137,7 +139,8 @@ def blend_members(members: list[Member], *, out: str | Path, blends: tuple[str, 
         "members": [str(m.run.dir) for m in members], "kept": [names[j] for j in kept],
         "prune_threshold": prune_threshold, "blends": blend_rows, "chosen": chosen,
         "chosen_weights": None if weights is None else {names[kept[j]]: float(w) for j, w in enumerate(weights)},
-        "best_member": best_single, "submission": str(out / "submission.csv"), **(extra or {}),
+        "best_member": best_single, "submission": str(out / "submission.csv"),
+        "member_records": member_records([members[j] for j in kept], out), **(extra or {}),
     }
     report = [f"# Ensemble of {len(members)} runs", "", "## Members", "", members_md,
               f"Pruned when Pearson r with a better kept member exceeds {prune_threshold}. "

@@ -49,7 +49,7 @@ class ViewPredictions:
 
     def member_at(self, member: Member, views: int) -> Member:
         test = average_folds([blend_views(t, self.beta, views) for t in self.test_per_fold], self.fold_mean)
-        return dataclasses.replace(member, oof=blend_views(self.oof, self.beta, views), test=test)
+        return dataclasses.replace(member, oof=blend_views(self.oof, self.beta, views), test=test, views=views)
 
 
 def predict_by_view(member: Member, *, cache_dir: str | Path | None, progress: bool = False) -> ViewPredictions:

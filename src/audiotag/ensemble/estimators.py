@@ -24,19 +24,19 @@ from ..metrics import lwlrap
 _EPS = 1e-6
 
 
-def _check(X) -> np.ndarray:
+def as_stack(X) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 3:
         raise ValueError(f"X must be (n_clips, n_models, n_classes), got shape {X.shape}")
     return X
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, _EPS, 1 - _EPS)
     return np.log(p) - np.log1p(-p)
 
 
-def _weighted(X: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def weighted_mean(X: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.einsum("nmk,m->nk", X, weights / weights.sum())
 
 
@@ -53,11 +53,11 @@ class MeanBlend(BaseEstimator, ClassifierMixin):
     def fit(self, X, y=None):
         if self.kind not in ("arithmetic", "geometric", "rank"):
             raise ValueError(f"kind must be arithmetic, geometric or rank, not {self.kind!r}")
-        self.n_models_ = _check(X).shape[1]
+        self.n_models_ = as_stack(X).shape[1]
         return self
 
     def predict_proba(self, X):
-        X = _check(X)
+        X = as_stack(X)
         if self.kind == "geometric":
             return np.exp(np.log(np.clip(X, _EPS, 1.0)).mean(axis=1))
         if self.kind == "rank":
@@ -78,9 +78,9 @@ class WeightedBlend(BaseEstimator, ClassifierMixin):
         self.max_rounds = max_rounds
 
     def fit(self, X, y):
-        X, y = _check(X), np.asarray(y)
+        X, y = as_stack(X), np.asarray(y)
         weights = np.ones(X.shape[1])
-        best = lwlrap(y, _weighted(X, weights))
+        best = lwlrap(y, weighted_mean(X, weights))
         for _ in range(self.max_rounds):
             improved = False
             for m in range(X.shape[1]):
@@ -89,7 +89,7 @@ class WeightedBlend(BaseEstimator, ClassifierMixin):
                     trial[m] *= factor
                     if trial.sum() <= 0:
                         continue
-                    score = lwlrap(y, _weighted(X, trial))
+                    score = lwlrap(y, weighted_mean(X, trial))
                     if score > best + 1e-9:
                         best, weights, improved = score, trial, True
             if not improved:
@@ -99,7 +99,7 @@ class WeightedBlend(BaseEstimator, ClassifierMixin):
         return self
 
     def predict_proba(self, X):
-        return _weighted(_check(X), self.weights_)
+        return weighted_mean(as_stack(X), self.weights_)
 
 
 class CaruanaBlend(BaseEstimator, ClassifierMixin):
@@ -111,18 +111,18 @@ class CaruanaBlend(BaseEstimator, ClassifierMixin):
         self.n_init = n_init
 
     def fit(self, X, y):
-        X, y = _check(X), np.asarray(y)
+        X, y = as_stack(X), np.asarray(y)
         singles = [lwlrap(y, X[:, m]) for m in range(X.shape[1])]
         counts = np.zeros(X.shape[1])
         for m in np.argsort(singles)[::-1][: self.n_init]:  # start from the best members
             counts[m] += 1
-        best = lwlrap(y, _weighted(X, counts))
+        best = lwlrap(y, weighted_mean(X, counts))
         for _ in range(self.n_iter):
             scores = []
             for m in range(X.shape[1]):
                 trial = counts.copy()
                 trial[m] += 1
-                scores.append(lwlrap(y, _weighted(X, trial)))
+                scores.append(lwlrap(y, weighted_mean(X, trial)))
             m = int(np.argmax(scores))
             counts[m] += 1  # with replacement, even when it does not improve: the bag just grows flatter
             best = max(best, scores[m])
@@ -131,7 +131,7 @@ class CaruanaBlend(BaseEstimator, ClassifierMixin):
         return self
 
     def predict_proba(self, X):
-        return _weighted(_check(X), self.weights_)
+        return weighted_mean(as_stack(X), self.weights_)
 
 
 class LogisticStack(BaseEstimator, ClassifierMixin):
@@ -142,21 +142,21 @@ class LogisticStack(BaseEstimator, ClassifierMixin):
         self.C = C
 
     def fit(self, X, y):
-        X, y = _check(X), np.asarray(y) > 0
+        X, y = as_stack(X), np.asarray(y) > 0
         self.models_ = []
         for c in range(X.shape[2]):
             target = y[:, c]
             if target.all() or not target.any():
                 self.models_.append(float(target.mean()))
                 continue
-            self.models_.append(LogisticRegression(C=self.C, max_iter=1000).fit(_logit(X[:, :, c]), target))
+            self.models_.append(LogisticRegression(C=self.C, max_iter=1000).fit(logit(X[:, :, c]), target))
         return self
 
     def predict_proba(self, X):
-        X = _check(X)
+        X = as_stack(X)
         out = np.empty((X.shape[0], X.shape[2]))
         for c, model in enumerate(self.models_):
-            out[:, c] = model if isinstance(model, float) else model.predict_proba(_logit(X[:, :, c]))[:, 1]
+            out[:, c] = model if isinstance(model, float) else model.predict_proba(logit(X[:, :, c]))[:, 1]
         return out
 
 
@@ -171,17 +171,17 @@ class MLPStack(BaseEstimator, ClassifierMixin):
         self.random_state = random_state
 
     def fit(self, X, y):
-        X, y = _check(X), (np.asarray(y) > 0).astype(int)
+        X, y = as_stack(X), (np.asarray(y) > 0).astype(int)
         self.mlp_ = MLPClassifier(hidden_layer_sizes=(self.hidden,), alpha=self.alpha, max_iter=self.max_iter,
                                   random_state=self.random_state)
         with warnings.catch_warnings():  # a capped iteration count is the regulariser here
             warnings.simplefilter("ignore", ConvergenceWarning)
-            self.mlp_.fit(_logit(X).reshape(len(X), -1), y)
+            self.mlp_.fit(logit(X).reshape(len(X), -1), y)
         return self
 
     def predict_proba(self, X):
-        X = _check(X)
-        return self.mlp_.predict_proba(_logit(X).reshape(len(X), -1))
+        X = as_stack(X)
+        return self.mlp_.predict_proba(logit(X).reshape(len(X), -1))
 
 
 BLENDERS = {
@@ -203,7 +203,7 @@ def make_blender(name: str) -> BaseEstimator:
 
 def nested_oof(blender: BaseEstimator, X, y, folds) -> np.ndarray:
     """Out-of-fold predictions of ``blender``: for each fold, fitted on the other folds' clips only."""
-    X, y, folds = _check(X), np.asarray(y), np.asarray(folds)
+    X, y, folds = as_stack(X), np.asarray(y), np.asarray(folds)
     out = np.zeros((X.shape[0], X.shape[2]))
     for k in np.unique(folds):
         val = folds == k
@@ -214,7 +214,7 @@ def nested_oof(blender: BaseEstimator, X, y, folds) -> np.ndarray:
 def correlation(X) -> tuple[np.ndarray, np.ndarray]:
     """Pearson correlation between members ``(n_models, n_models)``: over all clip×class scores,
     and the mean over classes of the per-class correlation (classes a member scores constantly are skipped)."""
-    X = _check(X)
+    X = as_stack(X)
     n, m, k = X.shape
     overall = np.corrcoef(X.transpose(1, 0, 2).reshape(m, n * k))
     per_class = []

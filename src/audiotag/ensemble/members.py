@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..audio.inventory import digest_bytes
 from ..errors import AudiotagError, DataError
 from ..runs import Run, read_oof_predictions, read_predictions
 
@@ -22,6 +24,26 @@ class Member:
     oof: np.ndarray
     test_fnames: list[str]
     test: np.ndarray
+    views: int | None = None  # TTA views its predictions hold when cut by a budget; None: as trained (its CSVs)
+
+    @property
+    def predicted_views(self) -> int:
+        return self.run.config.predict.tta_views if self.views is None else self.views
+
+
+def run_fingerprint(run: Run) -> str:
+    """Changes whenever the run's fold models or predictions are made again."""
+    return digest_bytes((run.dir / "oof_predictions.csv").read_bytes())
+
+
+def member_records(members: list[Member], out: Path) -> dict:
+    """How a predictor finds and uses each member later: its folder (relative to ``out`` first),
+    the TTA views its blended predictions held, whether they were read back from its 6-decimal
+    CSVs, and a fingerprint that changes if the run is trained again."""
+    out = Path(out).resolve()
+    return {m.name: {"folder": os.path.relpath(m.run.dir.resolve(), out), "absolute": str(m.run.dir.resolve()),
+                     "views": m.predicted_views, "from_csv": m.views is None, "fingerprint": run_fingerprint(m.run)}
+            for m in members}
 
 
 def load_member(run_dir: str | Path, name: str | None = None) -> Member:

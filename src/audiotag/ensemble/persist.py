@@ -15,7 +15,7 @@ from scipy.special import expit
 
 from .. import fsutil
 from ..errors import DataError
-from .estimators import CaruanaBlend, LogisticStack, MeanBlend, MLPStack, WeightedBlend, _check, _logit, _weighted
+from .estimators import CaruanaBlend, LogisticStack, MeanBlend, MLPStack, WeightedBlend, as_stack, logit, weighted_mean
 
 FORMAT = 1
 
@@ -52,22 +52,22 @@ class SavedBlender:
         self.name = settings["name"]
 
     def predict_proba(self, X) -> np.ndarray:
-        X = _check(X)
+        X = as_stack(X)
         kind, a = self.settings["type"], self.arrays
         if kind == "mean":
             return MeanBlend(self.settings["kind"]).predict_proba(X)
         if kind == "weighted":
-            return _weighted(X, a["weights"])
+            return weighted_mean(X, a["weights"])
         if kind == "logistic_stack":
             out = np.empty((X.shape[0], X.shape[2]))
             for c, constant in enumerate(self.settings["constant"]):
                 if constant is not None:
                     out[:, c] = constant
                 else:
-                    out[:, c] = expit(_logit(X[:, :, c]) @ a[f"coef_{c}"].T + a[f"intercept_{c}"])[:, 0]
+                    out[:, c] = expit(logit(X[:, :, c]) @ a[f"coef_{c}"].T + a[f"intercept_{c}"])[:, 0]
             return out
         if kind == "mlp_stack":
-            h = _logit(X).reshape(len(X), -1)
+            h = logit(X).reshape(len(X), -1)
             layers = self.settings["layers"]
             for i in range(layers):
                 h = h @ a[f"coef_{i}"] + a[f"intercept_{i}"]

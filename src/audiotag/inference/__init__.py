@@ -1,7 +1,6 @@
-"""Using trained runs: windows and TTA, fold averaging, submissions, scoring, tagging files."""
+"""Predicting with trained runs: windows and TTA, fold averaging, a run as a scorer, scoring submissions."""
 
+from .scorer import Decoded, RunScorer
 from .score import score_submission
-from .submission import predict_run
-from .tag import tag_files
 
-__all__ = ["predict_run", "score_submission", "tag_files"]
+__all__ = ["Decoded", "RunScorer", "score_submission"]

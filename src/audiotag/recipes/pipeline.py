@@ -25,7 +25,9 @@ from .. import fsutil
 from ..config import Config, read_yaml
 from ..ensemble.blending import DEFAULT_BLENDS, blend_members
 from ..ensemble.budget import BudgetMember, fit_budget, kaggle_minutes, predict_by_view
-from ..ensemble.members import Member, load_member, member_truth
+from ..ensemble.estimators import MeanBlend
+from ..ensemble.members import Member, load_member, member_records, member_truth
+from ..ensemble.persist import save_blender
 from ..errors import AudiotagError
 from ..metrics import lwlrap
 from ..runs import DataSpec, Run, result_settings, write_predictions
@@ -220,8 +222,9 @@ def _single(member: Member, folder: Path) -> dict:
     y, y_test = member_truth(member, member.oof_fnames, member.test_fnames)
     row = {"blend": "single", "nested_oof_lwlrap": lwlrap(y, member.oof),
            "test_lwlrap": None if y_test is None else lwlrap(y_test, member.test)}
+    save_blender(folder, "single", MeanBlend("arithmetic").fit(member.test[:, None]), members=[member.name])
     return {"members": [str(member.run.dir)], "kept": [member.name], "blends": [row], "chosen": "single",
-            "submission": str(folder / "submission.csv")}
+            "submission": str(folder / "submission.csv"), "member_records": member_records([member], folder)}
 
 
 def ensemble_inference(summary: dict, member_ms: dict[str, float | None]) -> tuple[list[str], list[str], float | None]:
