@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from audiotag import cli
@@ -238,3 +239,41 @@ def test_training_benchmark_reports_rates(demo_data, tmp_path):
     assert r["tta_views"] == (tiny().predict.tta_views or 4)
     text = report.read_text()
     assert "<!-- bench:training -->" in text and "TTA views" in text
+
+
+def test_the_log_says_which_fold_of_how_many_what_is_left_and_which_checkpoint_is_kept(demo_data, tmp_path):
+    run = train(DataSpec(root=str(demo_data)), tiny(), out=tmp_path / "run", cache_dir=tmp_path / "cache",
+                progress=False)
+    log = (run.dir / "log.txt").read_text()
+    assert "fold 0 (1/2)" in log and "fold 1 (2/2); about " in log and " left for this run" in log
+    assert "epoch 1/3" in log and "ETA " in log.split("epoch 1/3")[1].splitlines()[0]
+    history = pd.read_csv(run.dir / "fold_0" / "history.csv")
+    assert {"val_lwlrap", "val_loss"} <= set(history.columns) and (history.val_loss > 0).all()
+    best = history.loc[history.val_lwlrap.idxmax()]
+    line = next(l for l in log.splitlines() if "fold 0: lwlrap" in l and "on its validation clips" in l)
+    assert f"keeps the best checkpoint, epoch {int(best.epoch)} of 3" in line
+    assert f"validation lwlrap {best.val_lwlrap:.4f}" in line and "TTA views" in line
+
+
+def test_clip_bce_is_the_mean_binary_cross_entropy():
+    from audiotag.training.cv import clip_bce
+
+    targets = np.array([[1.0, 0.0], [0.0, 1.0]])
+    probs = np.array([[0.9, 0.2], [0.4, 0.6]])
+    expected = -np.mean([np.log(0.9), np.log(0.8), np.log(0.6), np.log(0.6)])
+    assert abs(clip_bce(targets, probs) - expected) < 1e-12
+    assert np.isfinite(clip_bce(targets, np.array([[1.0, 0.0], [0.0, 1.0]])))  # clipped, never infinite
+
+
+def test_tensorboard_scalars_when_installed(demo_data, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed (pip install -e '.[tensorboard]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(DataSpec(root=str(demo_data)), tiny(), out=tmp_path / "run", cache_dir=tmp_path / "cache",
+                progress=False)
+    events = EventAccumulator(str(run.dir / "fold_1" / "tensorboard"))
+    events.Reload()
+    assert {"loss/train", "loss/validation", "lwlrap/validation", "learning_rate"} <= set(events.Tags()["scalars"])
+    history = pd.read_csv(run.dir / "fold_1" / "history.csv")
+    logged = [e.value for e in events.Scalars("lwlrap/validation")]
+    np.testing.assert_allclose(logged, history.val_lwlrap.values, rtol=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import math
 from collections.abc import Callable
@@ -77,5 +78,41 @@ class History(Callback):
         writer.writerows(trainer.history)
         fsutil.write_text(self.path, out.getvalue())
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k.startswith("val_"))
+        left = self.total_epochs - result["epoch"]
+        recent = [r["seconds"] for r in trainer.history[-5:]]
+        eta = f"  ETA {left * sum(recent) / len(recent):.0f}s" if left > 0 else ""
         self.log(f"{self.prefix}epoch {result['epoch']}/{self.total_epochs}  loss {result['train_loss']:.4f}  "
-                 f"{metrics}  lr {result['lr']:.2e}  {result['seconds']:.1f}s")
+                 f"{metrics}  lr {result['lr']:.2e}  {result['seconds']:.1f}s{eta}")
+
+
+def tensorboard_available() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+class TensorBoardScalars(Callback):
+    """Each epoch's training loss, validation metrics and learning rate as TensorBoard scalars in
+    ``folder`` (the ``tensorboard`` extra; without it training runs exactly as it does with it)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._writer = None
+
+    def on_epoch_end(self, trainer: Trainer, result: dict) -> None:
+        if not fsutil.writes_enabled():
+            return
+        if self._writer is None:
+            # deferred: torch's TensorBoard writer imports the optional tensorboard package
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.folder))
+        names = {"train_loss": "loss/train", "val_loss": "loss/validation", "val_lwlrap": "lwlrap/validation",
+                 "lr": "learning_rate"}
+        for key, tag in names.items():
+            if key in result:
+                self._writer.add_scalar(tag, result[key], result["epoch"])
+        self._writer.flush()
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -23,7 +23,7 @@ from ..config import Config
 from ..data.folds import Folds
 from ..data.records import Clip
 from ..engine import distributed
-from ..engine.callbacks import Checkpointer, EarlyStopping, History
+from ..engine.callbacks import Checkpointer, EarlyStopping, History, TensorBoardScalars, tensorboard_available
 from ..engine.checkpoint import load_checkpoint
 from ..engine.mixmatch import MixMatchTrainer
 from ..engine.trainer import Trainer, lr_lambda
@@ -89,6 +89,13 @@ class FitJob:
     early_stopping: bool = True
 
 
+def clip_bce(targets: np.ndarray, probs: np.ndarray) -> float:
+    """Binary cross-entropy of clip-level probabilities (windows aggregated, no augmentation)."""
+    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+    t = targets[:, : p.shape[1]]
+    return float(-(t * np.log(p) + (1 - t) * np.log1p(-p)).mean())
+
+
 def _trainer(job: FitJob, ctx: TrainingContext) -> Trainer:
     config, t = ctx.config, ctx.config.train
     opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
@@ -100,6 +107,8 @@ def _trainer(job: FitJob, ctx: TrainingContext) -> Trainer:
                  History(job.folder / "history.csv", log=ctx.run.log, prefix=job.prefix, total_epochs=job.epochs)]
     if t.early_stopping_patience and job.early_stopping:
         callbacks.append(EarlyStopping(patience=t.early_stopping_patience))
+    if tensorboard_available():
+        callbacks.append(TensorBoardScalars(job.folder / "tensorboard"))
     common = dict(optimizer=optimizer, scheduler=scheduler, device=ctx.device, precision=ctx.precision,
                   transforms=build_transforms(config.augment, seed=config.seed * 1000 + job.stream,
                                               channels=channel_names(config.features)),
@@ -117,8 +126,8 @@ def fit(job: FitJob, ctx: TrainingContext) -> Trainer:
     clean = inference_spec(ctx.config, views=0)
 
     def evaluate() -> dict:
-        return {"val_lwlrap": lwlrap(job.val_bank.targets, predict_model(job.model, job.val_bank, clean,
-                                                                          device=ctx.device, precision=ctx.precision))}
+        probs = predict_model(job.model, job.val_bank, clean, device=ctx.device, precision=ctx.precision)
+        return {"val_lwlrap": lwlrap(job.val_bank.targets, probs), "val_loss": clip_bce(job.val_bank.targets, probs)}
 
     trainer = _trainer(job, ctx)
     if distributed.rank():  # each process its own dropout stream (rank 0 keeps a 1-process run's)
@@ -204,6 +213,7 @@ def run_fold(k: int, ctx: TrainingContext) -> FoldResult:
     finished = _load_done(folder, val_idx)
     if finished is not None:
         run.log(f"fold {k}: already done (val lwlrap {finished.summary['val_lwlrap']:.4f}), reusing it")
+        finished.summary["reused"] = True
         return finished
     targets = ctx.targets(ctx.train_clips)
     part = ctx.plan.part(k) if ctx.plan is not None else None
@@ -257,8 +267,14 @@ def _predict_fold(k: int, ctx: TrainingContext, trainer: Trainer, val_bank: Clip
                "train_seconds": sum(r["seconds"] for r in trainer.history), "session_seconds": train_s,
                "tta_views": spec.views, "test_seconds_per_clip": test_s_per_clip}
     fsutil.write_text(folder / "done.json", json.dumps(summary, indent=2))  # last: marks the fold complete
-    run.log(f"fold {k}: val lwlrap {summary['val_lwlrap']:.4f} ({config.train.checkpoint} checkpoint, epoch "
-            f"{best['epoch'] if config.train.checkpoint == 'best' else trainer.epoch})")
+    last = trainer.history[-1]
+    if config.train.checkpoint == "best":
+        why = (f"keeps the best checkpoint, epoch {best['epoch']} of {trainer.epoch} (validation lwlrap "
+               f"{best['val_lwlrap']:.4f}; the last epoch had {last['val_lwlrap']:.4f})")
+    else:
+        why = f"keeps the last checkpoint, epoch {trainer.epoch} (train.checkpoint = last)"
+    run.log(f"fold {k}: lwlrap {summary['val_lwlrap']:.4f} on its validation clips with {spec.views} TTA views; "
+            f"{why}")
     return FoldResult(k, oof, val_idx, test, summary)
 
 
@@ -274,13 +290,24 @@ def run_cv(ctx: TrainingContext, *, folds_to_train: list[int] | None = None) -> 
         ctx = dataclasses.replace(ctx, plan=NoisyPlan(ctx))
     if config.noisy.strategy == "pretrain":
         ctx = dataclasses.replace(ctx, pretrained=pretrain_on_noisy(ctx))
-    results = [run_fold(k, ctx) for k in todo]
+    results, took = [], []
+    for i, k in enumerate(todo, 1):
+        eta = f"; about {_minutes(np.mean(took) * (len(todo) - i + 1))} left for this run" if took else ""
+        ctx.run.log(f"fold {k} ({i}/{len(todo)}){eta}")
+        start = time.perf_counter()
+        results.append(run_fold(k, ctx))
+        if not results[-1].summary.get("reused"):
+            took.append(time.perf_counter() - start)
     if folds_to_train is not None:
         done = [load_fold_result(ctx.run, k, folds=ctx.folds, train_clips=ctx.train_clips) for k in wanted]
         if any(r is None for r in done):
             return None
         results = done
     return assemble(ctx, results)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def assemble(ctx: TrainingContext, results: list[FoldResult]) -> dict:
