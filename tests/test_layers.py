@@ -19,7 +19,7 @@ PACKAGE = Path(audiotag.__file__).parent
 LAYERS = (
     "errors", "version", "fsutil", "progress", "parallel", "metrics", "mkl", "config", "plots",
     "audio", "data", "features", "models", "augment", "engine", "runs",
-    "inference", "training", "ensemble", "predictor", "report", "recipes",
+    "inference", "training", "ensemble", "predictor", "export", "report", "recipes",
     "bench", "cli", "__main__", "__init__",
 )
 

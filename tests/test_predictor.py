@@ -141,3 +141,29 @@ def test_a_timeline_of_a_long_recording_from_the_cli(pipeline, demo_data, tmp_pa
     events = json.loads((tmp_path / "t" / "long_events.json").read_text())
     assert all(0 <= e["onset_s"] < e["offset_s"] <= duration + 0.25 and e["peak"] >= 0.3 for e in events)
     assert (tmp_path / "t" / "long.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_exported_onnx_models_predict_what_the_fold_models_do(pipeline, tmp_path, capsys):
+    pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
+    ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
+    import torch
+
+    out = tmp_path / "exported"
+    assert cli.main(["export", str(pipeline / "p"), "--format", "onnx", "--out", str(out), "-q"]) == 0
+    ensemble = json.loads((out / "ensemble.json").read_text())
+    assert ensemble["members"] == ["baseline", "freqpos"] and (out / "blender.npz").exists()
+    predictor = load_predictor(pipeline / "p")
+    rng = np.random.default_rng(0)
+    for (scorer, _), member in zip(predictor.scorer.members, ensemble["members"]):
+        card = json.loads((out / member / "model.json").read_text())
+        assert card["labels"] == list(predictor.labels)
+        assert card["logmel_reference"]["melspectrogram"]["n_mels"] == card["input"]["bands"]
+        for frames in (card["windows"]["frames"], 37):  # frames are dynamic
+            x = rng.normal(-40, 15, (3, len(card["input"]["channels"]), card["input"]["bands"], frames))
+            x = x.astype(np.float32)
+            for k, model in zip(scorer.run.finished_folds(), scorer.models):
+                session = ort.InferenceSession(str(out / member / f"fold_{k}.onnx"))
+                got = session.run(None, {"features": x})[0]
+                with torch.no_grad():
+                    expected = torch.sigmoid(model(torch.from_numpy(x))["logits"]).numpy()
+                assert np.abs(got - expected).max() < 1e-3

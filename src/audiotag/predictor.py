@@ -33,6 +33,7 @@ class BlendScorer:
     """An ensemble folder's members and fitted blend; the same methods as :class:`RunScorer`."""
 
     def __init__(self, folder: Path, *, device: str = "auto", allow_missing_folds: bool = False):
+        self.folder = Path(folder)
         summary = _read_json(folder / "ensemble.json")
         self.blender, names = load_blender(folder)
         records = summary.get("member_records")

@@ -28,6 +28,7 @@ SUBCOMMANDS = (
     run_commands.add_train, run_commands.add_merge, run_commands.add_predict, run_commands.add_score,
     run_commands.add_runs, combine_commands.add_ensemble, combine_commands.add_pipeline,
     combine_commands.add_report, combine_commands.add_ablate, run_commands.add_audit, run_commands.add_tag,
+    run_commands.add_export,
     data_commands.add_config, data_commands.add_bench,
 )
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..inference.score import score_submission
+from ..export import export
 from ..predictor import load_predictor, predict_submission, tag_files
 from ..runs import list_runs
 from ..training.audit import audit_run
@@ -237,3 +238,25 @@ def add_audit(subs, shared: Shared) -> None:
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--out", metavar="DIR", help="report folder (default: RUN_DIR/audit)")
     p.set_defaults(func=cmd_audit)
+
+
+def cmd_export(args) -> int:
+    written = export(args.run, out=args.out, fmt=args.format)
+    print(f"wrote {len(written)} files to {args.out}: " + ", ".join(str(p.relative_to(args.out)) for p in written))
+    return 0
+
+
+def add_export(subs, shared: Shared) -> None:
+    p = add_subcommand(
+        subs, "export", "export trained models as ONNX (fold models, input spec, an ensemble's blend)",
+        "Write each fold model of FOLDER (a run, an ensemble or a pipeline) as ONNX: input `features` (batch, "
+        "channels, bands, frames), output `probabilities`, batch and frames dynamic. model.json says how to make "
+        "the features (the librosa calls that give the same log-mel) and how to average windows and folds; an "
+        "ensemble's members each get a folder, and its fitted blend is copied beside them. Needs the onnx extra "
+        "(pip install -e '.[onnx]').",
+        "audiotag export runs/baseline --format onnx --out exported/\naudiotag export runs/pipeline --out exported/",
+        parents=[shared.quiet])
+    p.add_argument("run", metavar="FOLDER", help="a run, ensemble or pipeline folder")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="the format (default onnx)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the exported files")
+    p.set_defaults(func=cmd_export)
