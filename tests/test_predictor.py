@@ -167,3 +167,49 @@ def test_exported_onnx_models_predict_what_the_fold_models_do(pipeline, tmp_path
                 with torch.no_grad():
                     expected = torch.sigmoid(model(torch.from_numpy(x))["logits"]).numpy()
                 assert np.abs(got - expected).max() < 1e-3
+
+
+class BandDetector:
+    """A stand-in model that hears tones: label i's logit grows with the share of the window's frames
+    in which mel band ``bands[i]`` is within 20 dB of the recording's loudest bin."""
+
+    def __init__(self, bands, n_labels):
+        self.bands, self.n_labels = bands, n_labels
+
+    def __call__(self, x):
+        import torch
+
+        logits = torch.full((x.shape[0], self.n_labels), -10.0)
+        for i, band in enumerate(self.bands):
+            share = (x[:, 0, band, :] > -20).float().mean(dim=1)
+            logits[:, i] = 20 * (share - 0.5)
+        return {"logits": logits}
+
+    def eval(self):
+        return self
+
+
+def test_a_timeline_finds_known_events_in_a_generated_recording_within_a_hop(pipeline, tmp_path):
+    from audiotag.inference.scorer import Decoded
+
+    sr, hop = 16000, 0.25
+    t = np.arange(40 * sr) / sr
+    truth = [(0, 3.0, 8.0, 1000.0), (1, 12.5, 20.0, 3000.0), (0, 26.0, 33.5, 1000.0)]
+    y = 0.001 * np.random.default_rng(0).standard_normal(len(t))
+    for _, onset, offset, freq in truth:
+        inside = (t >= onset) & (t < offset)
+        y[inside] += 0.5 * np.sin(2 * np.pi * freq * t[inside])
+    y = y.astype(np.float32)
+    predictor = load_predictor(pipeline / "p" / "baseline")
+    scorer = predictor.scorer
+    bands = []
+    for freq in (1000.0, 3000.0):  # the mel band each tone lands in, from the run's own front-end
+        tone = (0.5 * np.sin(2 * np.pi * freq * np.arange(sr) / sr)).astype(np.float32)
+        bands.append(int(scorer.features(Decoded("tone", tone[:, None], sr))[0].mean(axis=1).argmax()))
+    scorer.models = [BandDetector(bands, len(predictor.labels))]
+    timeline = predictor.timeline(y, sample_rate=sr, hop_seconds=hop, threshold=0.5)
+    assert len(timeline.events) == len(truth), timeline.events
+    for (label, onset, offset, _), event in zip(truth, timeline.events.itertuples()):
+        assert event.label == predictor.labels[label]
+        assert abs(event.onset_s - onset) <= hop and abs(event.offset_s - offset) <= hop, (event, onset, offset)
+    assert timeline.window_s == pytest.approx(scorer.window_seconds())

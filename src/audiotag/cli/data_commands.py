@@ -64,6 +64,7 @@ def add_check(subs, shared: Shared) -> None:
         """
         audiotag check --data data/fat2019 --report problems.csv
         audiotag check --csv ESC-50/meta/esc50.csv --audio-dir ESC-50/audio
+        audiotag check --csv fold1.csv --audio-dir ESC-50/audio --only-listed   # the CSV is a selection
         audiotag check --data data/fat2019 --skip-bad   # exit 0 if the bad clips can simply be left out
         """,
         parents=[shared.data, shared.config, shared.cache, shared.workers, shared.skip_bad, shared.quiet])

@@ -92,6 +92,7 @@ def add_predict(subs, shared: Shared) -> None:
         """
         audiotag predict runs/baseline --data data/fat2019 --out submission.csv --tta 4
         audiotag predict runs/pipeline --data data/new_test_set --out submission.csv   # the final blend
+        audiotag predict runs/baseline --data data/fat2019 --out partial.csv --allow-missing-folds
         """,
         parents=[shared.data, shared.device, shared.cache, shared.skip_bad, shared.quiet])
     p.add_argument("run", metavar="FOLDER", help="a run, ensemble or pipeline folder")
