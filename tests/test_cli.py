@@ -100,7 +100,7 @@ def test_demo_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "demo finished" in result.stdout
     tagged = next(line for line in result.stdout.splitlines() if line.startswith("[7/7] tag:"))
-    assert "with the pipeline's pipeline (ensemble blend)" in tagged and tagged.count(",") == 2
+    assert "by the pipeline (ensemble blend)" in tagged and tagged.count(",") == 2
     assert (tmp_path / "demo" / "inspect" / "summary.md").exists()
     assert (tmp_path / "demo" / "report" / "index.html").exists()
     assert (tmp_path / "demo" / "submission.csv").read_bytes() == \

@@ -45,7 +45,7 @@ def run_demo(out: str | Path = "demo", *, seed: int = 0, overwrite: bool = False
     example = sorted((data / "test").glob("*.wav"))[0]
     predictor = load_predictor(out / "pipeline")
     tags = predictor.predict([example]).iloc[0].sort_values(ascending=False)[:3]
-    print(f"[7/7] tag: {example.name} with the pipeline's {predictor.kind}: "
+    print(f"[7/7] tag: {example.name} by the {predictor.kind}: "
           + ", ".join(f"{label} {p:.2f}" for label, p in tags.items()))
     elapsed = time.perf_counter() - t0
     print(f"test lwlrap: {score['lwlrap']:.4f}")
