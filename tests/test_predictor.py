@@ -213,3 +213,18 @@ def test_a_timeline_finds_known_events_in_a_generated_recording_within_a_hop(pip
         assert event.label == predictor.labels[label]
         assert abs(event.onset_s - onset) <= hop and abs(event.offset_s - offset) <= hop, (event, onset, offset)
     assert timeline.window_s == pytest.approx(scorer.window_seconds())
+
+
+def test_members_a_weighted_blend_gives_no_weight_are_not_run(pipeline, tmp_path):
+    copy = tmp_path / "p"
+    shutil.copytree(pipeline / "p", copy)
+    members = ["baseline", "freqpos"]
+    fitted = make_blender("weighted")
+    fitted.weights_ = np.array([1.0, 0.0])
+    save_blender(copy / "blend", "weighted", fitted, members=members)
+    shutil.rmtree(copy / "freqpos")  # not needed: its weight is 0
+    summary = json.loads((copy / "blend" / "ensemble.json").read_text())
+    summary["member_records"]["freqpos"]["absolute"] = str(tmp_path / "nowhere")
+    (copy / "blend" / "ensemble.json").write_text(json.dumps(summary))
+    predictor = load_predictor(copy)
+    assert [scorer.run.dir.name for scorer, _ in predictor.scorer.members] == ["baseline"]

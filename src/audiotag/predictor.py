@@ -40,6 +40,10 @@ class BlendScorer:
         if records is None:
             raise DataError(f"{folder} was made before ensembles recorded their members for prediction",
                             hint="re-run `audiotag ensemble` or the pipeline's ensemble stage")
+        if self.blender.settings["type"] == "weighted":  # members a blend gives no weight are not run at all
+            weights = self.blender.arrays["weights"]
+            names = [n for n, w in zip(names, weights) if w > 0]
+            self.blender.arrays = {"weights": weights[weights > 0]}
         self.members: list[tuple[RunScorer, bool]] = []
         for name in names:
             record = records[name]
