@@ -197,8 +197,7 @@ def add_tag(subs, shared: Shared) -> None:
         "and a plot to --out.",
         """
         audiotag tag --run runs/baseline dog_bark.wav street.flac recordings/ --top 3
-        audiotag tag --run runs/pipeline --timeline long_recording.wav --hop-seconds 0.25 --threshold 0.4 \
-            --min-duration 1 --out timelines/
+        audiotag tag --run runs/pipeline --timeline long_recording.wav --hop-seconds 0.25 --threshold 0.4 --min-duration 1 --out timelines/
         """,
         parents=[shared.device])
     p.add_argument("files", nargs="+", metavar="FILE")
