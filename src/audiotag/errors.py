@@ -26,6 +26,12 @@ class AudiotagError(Exception):
 class ConfigError(AudiotagError):
     """A configuration file or override is invalid (unknown key, wrong type, out of range)."""
 
+    DEFAULT_HINT = ("`audiotag config` prints every setting with its value; src/audiotag/configs/default.yaml "
+                    "says why each default is what it is")
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message, hint=hint or self.DEFAULT_HINT)
+
 
 class DataError(AudiotagError):
     """A dataset cannot be read at all (missing CSV, missing columns, no audio folder...)."""

@@ -48,7 +48,7 @@ def write_error(path: Path, e: OSError) -> OutputError:
     elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         hint = "the folder is not writable: choose another output folder"
     else:
-        hint = None
+        hint = "choose an output path whose folders are folders (not files) and can be written"
     return OutputError(f"cannot write {path}: {e.strerror or e}", hint=hint)
 
 

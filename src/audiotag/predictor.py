@@ -193,9 +193,11 @@ class Predictor:
                  min_duration_seconds: float = 0.0) -> Timeline:
         """Window scores every ``hop_seconds`` over one recording and the events above ``threshold``."""
         if not (hop_seconds > 0 and np.isfinite(hop_seconds)):
-            raise AudiotagError(f"hop_seconds (--hop-seconds) = {hop_seconds!r}: a positive number of seconds")
+            raise AudiotagError(f"hop_seconds (--hop-seconds) = {hop_seconds!r}: a positive number of seconds",
+                                hint="e.g. 0.5: windows are scored every half second")
         if not 0 < threshold < 1:
-            raise AudiotagError(f"threshold (--threshold) = {threshold!r}: a probability between 0 and 1")
+            raise AudiotagError(f"threshold (--threshold) = {threshold!r}: a probability between 0 and 1",
+                                hint="e.g. 0.5; lower finds more and fainter events")
         (one,) = decode_inputs(audio, sample_rate=sample_rate, single=True)
         duration = len(one.samples) / one.sample_rate
         centres = np.arange(hop_seconds / 2, max(duration, hop_seconds / 2 + 1e-9), hop_seconds)
@@ -239,6 +241,8 @@ def decode_inputs(audio, *, sample_rate: int | None = None, single: bool = False
 def load_predictor(path: str | Path, *, device: str = "auto", allow_missing_folds: bool = False) -> Predictor:
     """The predictor of a run folder, an ensemble folder or a pipeline folder (its final stage)."""
     path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path} is not a folder", hint="give a run, ensemble or pipeline folder")
     if (path / "pipeline.json").is_file():
         state = _read_json(path / "pipeline.json")
         final = state.get("final_stage")
@@ -308,7 +312,8 @@ def tag_files(path: str | Path, files: list[str | Path], *, top: int = 5, device
     ensemble or pipeline: ``{"file", "tags"}``, or ``{"file", "error", "hint"}`` for a file that
     cannot be used, so one bad file does not stop the others."""
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise AudiotagError(f"top (--top) = {top!r}: the number of labels to show is a whole number of 1 or more")
+        raise AudiotagError(f"top (--top) = {top!r}: the number of labels to show is a whole number of 1 or more",
+                            hint="e.g. --top 3")
     predictor = load_predictor(path, device=device, allow_missing_folds=allow_missing_folds)
     paths = []
     for item in map(Path, files):

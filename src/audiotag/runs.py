@@ -279,7 +279,8 @@ class Run:
     def open(cls, folder: str | Path) -> "Run":
         run = cls(Path(folder))
         if not (run.dir / "run.json").is_file() or not (run.dir / "config.yaml").is_file():
-            raise AudiotagError(f"{folder} is not an audiotag run folder (no run.json / config.yaml)")
+            raise AudiotagError(f"{folder} is not an audiotag run folder (no run.json / config.yaml)",
+                                hint="give the folder `audiotag train` wrote (it holds run.json and config.yaml)")
         return run
 
     @property

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..config import load_config
 from ..ensemble.blending import DEFAULT_BLENDS, ensemble_runs
+from ..errors import AudiotagError
 from ..recipes.ablation import DEFAULT_REPRESENTATIONS, DEFAULT_STRATEGIES, ablate
 from ..recipes.pipeline import run_pipeline
 from ..recipes.recipe import bundled_recipe, load_recipe, with_budget
@@ -94,7 +95,11 @@ def cmd_ablate(args) -> int:
         strategies = tuple(x.strip() for x in chosen.split(",") if x.strip())
     else:
         strategies = DEFAULT_STRATEGIES
-    seeds = tuple(int(x) for x in args.seeds.split(","))
+    try:
+        seeds = tuple(int(x) for x in args.seeds.split(","))
+    except ValueError:
+        raise AudiotagError(f"--seeds {args.seeds}: expected whole numbers separated by commas",
+                            hint="e.g. --seeds 0,1") from None
     summary = ablate(data_spec(args), config_of(args), out=args.out, strategies=strategies, seeds=seeds,
                      cache_dir=args.cache_dir, progress=not args.quiet)
     print((Path(args.out) / "ablation.md").read_text(), end="")

@@ -7,6 +7,7 @@ from pathlib import Path
 from .. import fsutil
 from ..bench import bench_channels, bench_features, bench_training
 from ..data.check import check_dataset
+from ..errors import AudiotagError
 from ..features.cache import build_features
 from ..recipes.demo import run_demo
 from ..report.inspect import inspect_dataset
@@ -16,6 +17,9 @@ EXIT_PROBLEMS = 1
 
 
 def cmd_demo(args) -> int:
+    if args.seed < 0:
+        raise AudiotagError(f"--seed {args.seed}: the demo data's seed is 0 or more", hint="e.g. --seed 1")
+    fsutil.check_writable(args.out, folder=True)
     run_demo(args.out, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
     return 0
 
@@ -36,6 +40,8 @@ def add_demo(subs, shared: Shared) -> None:
 
 
 def cmd_check(args) -> int:
+    if args.report:
+        fsutil.check_writable(args.report, option="--report")
     config = config_of(args)
     ds = load(args, audio=not args.no_audio)
     report = check_dataset(ds, audio=not args.no_audio, cache_dir=args.cache_dir, num_workers=config.data.num_workers,
@@ -75,6 +81,10 @@ def add_check(subs, shared: Shared) -> None:
 
 
 def cmd_inspect(args) -> int:
+    if args.max_examples < 0:
+        raise AudiotagError(f"--max-examples {args.max_examples}: a number of classes, 0 or more",
+                            hint="0 leaves the example spectrograms out")
+    fsutil.check_writable(args.out, folder=True)
     ds = load(args, audio=not args.no_audio)
     summary = inspect_dataset(ds, args.out, audio=not args.no_audio, config=config_of(args),
                               max_example_classes=args.max_examples, progress=not args.quiet)
@@ -143,6 +153,14 @@ def add_config(subs, shared: Shared) -> None:
 
 
 def cmd_bench(args) -> int:
+    if args.csv:
+        raise AudiotagError(f"--csv {args.csv}: audiotag bench reads a dataset folder",
+                            hint="pass --data DIR (a folder in the Kaggle layout, a labels CSV with its audio, "
+                                 "or one sub-folder per class)")
+    if args.data is None:
+        raise AudiotagError("no dataset given", hint="pass --data DIR")
+    if args.limit is not None and args.limit < 1:
+        raise AudiotagError(f"--limit {args.limit}: the number of clips to time is 1 or more", hint="e.g. --limit 200")
     if args.what == "channels":
         r = bench_channels(args.data, config=config_of(args), limit=args.limit or 200, report=args.report,
                            progress=not args.quiet)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..inference.score import score_submission
+from .. import fsutil
 from ..export import export
 from ..predictor import load_predictor, predict_submission, tag_files
 from ..runs import list_runs
@@ -173,8 +174,8 @@ def cmd_tag(args) -> int:
 
 
 def _timelines(args) -> int:
+    out = fsutil.check_writable(Path(args.out or "timelines"), folder=True)
     predictor = load_predictor(args.run, device=args.device or "auto", allow_missing_folds=args.allow_missing_folds)
-    out = Path(args.out or "timelines")
     for path in args.files:
         timeline = predictor.timeline(path, hop_seconds=args.hop_seconds, threshold=args.threshold,
                                       min_duration_seconds=args.min_duration)

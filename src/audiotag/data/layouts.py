@@ -335,7 +335,7 @@ def _detect_and_load(root, *, csv, audio_dir, file_col, label_col, fold_col, lab
     if csv is not None:
         csv = Path(csv).absolute()
         if not csv.is_file():
-            raise DataError(f"CSV file {csv} does not exist")
+            raise DataError(f"CSV file {csv} does not exist", hint="check the path given to --csv")
         folder = Path(audio_dir) if audio_dir is not None else (Path(root) if root is not None else csv.parent)
         folder = folder.resolve()
         return load_csv(csv, folder, file_col=file_col, label_col=label_col, fold_col=fold_col, label_sep=label_sep,
@@ -343,7 +343,9 @@ def _detect_and_load(root, *, csv, audio_dir, file_col, label_col, fold_col, lab
     if root is None:
         raise DataError("no dataset given", hint="pass a dataset folder, or --csv FILE --audio-dir DIR")
     if not Path(root).exists():
-        raise DataError(f"dataset folder {root} does not exist")
+        raise DataError(f"dataset folder {root} does not exist",
+                        hint="check the path; a dataset is a folder (Kaggle layout, a labels CSV with its audio, or "
+                             "one sub-folder per class), or --csv FILE --audio-dir DIR")
     root = Path(root).resolve()
     if not root.is_dir():
         raise DataError(f"{root} is a file, not a dataset folder",

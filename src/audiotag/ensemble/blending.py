@@ -62,7 +62,7 @@ def ensemble_runs(run_dirs: list[str | Path], *, out: str | Path, blends: tuple[
                   prune_threshold: float = 0.97, progress: bool = True) -> dict:
     """Blend finished runs into ``out`` (see the module docstring); returns the summary."""
     if len(run_dirs) < 2:
-        raise AudiotagError("an ensemble needs at least two runs")
+        raise AudiotagError("an ensemble needs at least two runs", hint="list two or more finished run folders")
     names = []
     for d in run_dirs:
         name = Path(d).name

@@ -19,17 +19,26 @@ def _read_vocabulary_for(truth: Path, explicit: Path | None, header: list[str]) 
     return header[1:]
 
 
+def _rows(path: Path, what: str) -> list[list[str]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return [r for r in csv.reader(f) if r]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path} ({what}) cannot be read as a CSV ({type(e).__name__})",
+                        hint="give a UTF-8 CSV file") from None
+
+
 def score_submission(submission: str | Path, truth: str | Path, *, vocabulary: str | Path | None = None) -> dict:
     """Validate a submission strictly (as Kaggle did) and compute its lwlrap against ``truth``
     (``fname,labels[,...]``). Raises :class:`DataError` listing every problem."""
     submission, truth = Path(submission), Path(truth)
-    for path in (submission, truth):
+    for path, what in ((submission, "the submission"), (truth, "--truth")):
         if not path.is_file():
-            raise DataError(f"{path} does not exist")
-    with open(submission, newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if r]
+            raise DataError(f"{path} ({what}) does not exist" if not path.is_dir() else f"{path} ({what}) is a folder",
+                            hint="give the CSV file's path")
+    rows = _rows(submission, "the submission")
     if not rows:
-        raise DataError(f"{submission} is empty")
+        raise DataError(f"{submission} is empty", hint="a submission is fname + one column per label, a row a clip")
     header, body = rows[0], rows[1:]
     labels = _read_vocabulary_for(truth, Path(vocabulary) if vocabulary else None, header)
     problems = []
@@ -39,8 +48,13 @@ def score_submission(submission: str | Path, truth: str | Path, *, vocabulary: s
         problems.append(f"header must be fname + the {len(labels)} labels in vocabulary order"
                         + (f"; missing {missing[:5]}" if missing else "") + (f"; unexpected {extra[:5]}" if extra else "")
                         + ("; same labels, wrong order" if not missing and not extra else ""))
-    with open(truth, newline="", encoding="utf-8-sig") as f:
-        truth_rows = {r["fname"]: r.get("labels", "") for r in csv.DictReader(f)}
+    truth_table = _rows(truth, "--truth")
+    if not truth_table or "fname" not in truth_table[0]:
+        raise DataError(f"{truth} (--truth) has no fname column", hint="the truth is fname,labels (test_labels.csv)")
+    columns = truth_table[0]
+    truth_rows = {row[columns.index("fname")]: (row[columns.index("labels")] if "labels" in columns
+                                                 and len(row) > columns.index("labels") else "")
+                  for row in truth_table[1:] if len(row) > columns.index("fname")}
     seen, scores = {}, {}
     for line, r in enumerate(body, start=2):
         if len(r) != len(header):
@@ -66,7 +80,9 @@ def score_submission(submission: str | Path, truth: str | Path, *, vocabulary: s
     if unknown:
         problems.append(f"{len(unknown)} rows name clips not in the truth (e.g. {', '.join(unknown[:5])})")
     if problems:
-        raise DataError(f"{submission} is not a valid submission:\n  " + "\n  ".join(problems[:30]))
+        raise DataError(f"{submission} is not a valid submission:\n  " + "\n  ".join(problems[:30]),
+                        hint="fname + the labels in vocabulary order, one row per test clip, finite numbers "
+                             "(sample_submission.csv shows the layout)")
     names = list(truth_rows)
     index = {label: i for i, label in enumerate(labels)}
     y = np.zeros((len(names), len(labels)))

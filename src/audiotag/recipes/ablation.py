@@ -111,6 +111,7 @@ def ablate(data: DataSpec, base: Config, *, out: str | Path, strategies: tuple[s
     unknown = [s for s in strategies if s not in VARIANTS]
     if unknown:
         raise AudiotagError(f"unknown variant {unknown}", hint=f"choose from {', '.join(VARIANTS)}")
+    data.load()  # a dataset that cannot be read at all is refused before any run folder is made
     needs_teacher = any(VARIANTS[s]["noisy.strategy"] == "pseudo" for s in strategies)
     order = list(dict.fromkeys((["curated"] if needs_teacher or "curated" in strategies else []) + list(strategies)))
     out = Path(out)

@@ -175,8 +175,8 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
                  cache_dir: str | Path | None = None, progress: bool = True, log=print) -> dict:
     """Run every stage of ``recipe`` into ``out``; returns the summary written to ``pipeline.json``."""
     base = base or Config()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    data.load()  # a dataset that cannot be read at all is refused before anything is written
+    out = fsutil.check_writable(out, folder=True)
     fsutil.remove_orphaned_temporaries(out)  # a killed run's half-written files (stages resume below)
     data = data.absolute()
     state = StageState(out, recipe, data, log)

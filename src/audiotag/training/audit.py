@@ -64,7 +64,7 @@ def audit_run(run_dir: str | Path, *, data: DataSpec | None = None, out: str | P
               cache_dir: str | Path | None = None, top: int = 50, progress: bool = True) -> dict:
     run = Run.open(run_dir)
     config = run.config
-    out = Path(out) if out is not None else run.dir / "audit"
+    out = fsutil.check_writable(Path(out) if out is not None else run.dir / "audit", folder=True)
     data = data or run.data
     ds = data.load()
     if not ds.split("noisy"):

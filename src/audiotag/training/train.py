@@ -101,7 +101,8 @@ def _train_run(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, pro
     train_clips, test_clips = ds.split("curated"), ds.split("test")
     folds = _load_folds(run, config, ds, train_clips, cache_dir)
     if fold is not None and not 0 <= fold < folds.n_folds:
-        raise AudiotagError(f"--fold {fold}: the run has folds 0 to {folds.n_folds - 1}")
+        raise AudiotagError(f"--fold {fold}: the run has folds 0 to {folds.n_folds - 1}",
+                            hint=f"give --fold a number from 0 to {folds.n_folds - 1}")
     info = run.info
     precision = info.get("precision")
     if precision is None:  # chosen once per run (by timing, for "auto"), so a resumed run keeps it
@@ -161,8 +162,12 @@ def train(data: DataSpec, config: Config, *, out: str | Path | None = None, cach
     With ``fold``, train only that fold, in a run folder that the jobs of the other folds share
     (``out`` is then required): the first job creates it, the others join it."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if fold is not None and fold < 0:
+        raise AudiotagError(f"--fold {fold}: folds are numbered from 0", hint="e.g. --fold 0")
     if fold is not None and out is None:
-        raise AudiotagError("--fold needs --out: every fold's job must name the same run folder")
+        raise AudiotagError("--fold needs --out: every fold's job must name the same run folder",
+                            hint="e.g. audiotag train --data DATA --out runs/big --fold 0")
+    data.load()  # a dataset that cannot be read at all is refused before a run folder is made
     device = _device(config)
     try:
         if distributed.is_main():
