@@ -208,6 +208,17 @@ class Predictor:
         return Timeline(scores, events, hop_seconds, self.scorer.window_seconds())
 
 
+def audio_paths(items) -> list[Path]:
+    """Files as given, and each folder's audio files (a folder without any is an error)."""
+    paths = []
+    for item in map(Path, items):
+        found = audio_files_under(item) if item.is_dir() else [item]
+        if item.is_dir() and not found:
+            raise DataError(f"{item} holds no audio files", hint="pass audio files, or a folder that has some")
+        paths += found
+    return paths
+
+
 def decode_inputs(audio, *, sample_rate: int | None = None, single: bool = False) -> list[Decoded]:
     if isinstance(audio, np.ndarray) or (isinstance(audio, (list, tuple)) and audio
                                          and isinstance(audio[0], np.ndarray)):
@@ -222,15 +233,8 @@ def decode_inputs(audio, *, sample_rate: int | None = None, single: bool = False
                                  path=f"array_{i}")
             out.append(Decoded(f"array_{i}", y[:, None] if y.ndim == 1 else y, int(sample_rate)))
     else:
-        items = [audio] if isinstance(audio, (str, Path)) else list(audio)
-        paths = []
-        for item in map(Path, items):
-            found = audio_files_under(item) if item.is_dir() else [item]
-            if item.is_dir() and not found:
-                raise DataError(f"{item} holds no audio files", hint="pass audio files, or a folder that has some")
-            paths += found
         out = []
-        for path in paths:
+        for path in audio_paths([audio] if isinstance(audio, (str, Path)) else list(audio)):
             y, sr, _ = decode(read_file(path, name=str(path)), name=str(path))
             out.append(Decoded(str(path), y, sr))
     if single and len(out) != 1:
@@ -315,14 +319,8 @@ def tag_files(path: str | Path, files: list[str | Path], *, top: int = 5, device
         raise AudiotagError(f"top (--top) = {top!r}: the number of labels to show is a whole number of 1 or more",
                             hint="e.g. --top 3")
     predictor = load_predictor(path, device=device, allow_missing_folds=allow_missing_folds)
-    paths = []
-    for item in map(Path, files):
-        found = audio_files_under(item) if item.is_dir() else [item]
-        if item.is_dir() and not found:
-            raise DataError(f"{item} holds no audio files", hint="pass audio files, or a folder that has some")
-        paths += found
     out, usable = [], []
-    for path in paths:
+    for path in audio_paths(files):
         try:
             y, sr, _ = decode(read_file(path, name=str(path)), name=str(path))
             decoded = Decoded(str(path), y, sr)
