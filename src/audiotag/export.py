@@ -104,11 +104,11 @@ def export(path: str | Path, *, out: str | Path, fmt: str = "onnx") -> list[Path
     """Export a run, an ensemble or a pipeline's final stage into ``out``; returns the files written."""
     if fmt != "onnx":
         raise AudiotagError(f"--format {fmt!r} is not supported", hint="use --format onnx")
+    out = fsutil.check_writable(out, folder=True, option="--out")
+    scorer = load_predictor(path, device="cpu").scorer  # what is wrong with the inputs is said first
     missing = onnx_available()
     if missing:
-        raise AudiotagError(missing)
-    out = fsutil.check_writable(out, folder=True, option="--out")
-    scorer = load_predictor(path, device="cpu").scorer
+        raise AudiotagError(missing, hint="or use the models through audiotag.load_predictor")
     if isinstance(scorer, RunScorer):
         return export_run(scorer, out)
     if not isinstance(scorer, BlendScorer):
