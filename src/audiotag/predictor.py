@@ -86,7 +86,11 @@ class BlendScorer:
 
     @property
     def n_models(self) -> int:
-        return sum(len(scorer.models) for scorer, _ in self.members)
+        return sum(scorer.n_models for scorer, _ in self.members)
+
+    @property
+    def tta_views(self) -> int | None:
+        return None  # each member keeps the views its blend was fitted on
 
 
 def _read_json(path: Path) -> dict:
@@ -303,8 +307,7 @@ def predict_submission(path: str | Path, data: DataSpec, *, out: str | Path, cac
     write_predictions(Path(out), [c.fname for c in test], predictor.labels, rows)
     result = {"out": str(out), "clips": len(test), "kind": predictor.kind,
               "filled_with_prior": [c.fname for c in test if c.fname not in by_name],
-              "models": scorer.n_models if hasattr(scorer, "n_models") else len(scorer.models),
-              "tta_views": getattr(getattr(scorer, "spec", None), "views", None), "seconds_per_clip": seconds_per_clip}
+              "models": scorer.n_models, "tta_views": scorer.tta_views, "seconds_per_clip": seconds_per_clip}
     if ds.test_labelled and not result["filled_with_prior"]:
         result["lwlrap"] = lwlrap(ds.label_matrix(test), rows)
     return result

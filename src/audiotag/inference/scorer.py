@@ -45,6 +45,14 @@ class RunScorer:
         self.precision = inference_precision(run.info.get("precision", "fp32"), self.device)
         self._frontend: FrontEnd | None = None
 
+    @property
+    def n_models(self) -> int:
+        return len(self.models)
+
+    @property
+    def tta_views(self) -> int | None:
+        return self.spec.views
+
     def _predict(self, bank: ClipBank, spec=None) -> tuple[np.ndarray, float]:
         return predict_models(self.models, bank, spec or self.spec, device=self.device, precision=self.precision,
                               fold_mean=self.config.predict.fold_mean)
