@@ -322,22 +322,14 @@ def tag_files(path: str | Path, files: list[str | Path], *, top: int = 5, device
         raise AudiotagError(f"top (--top) = {top!r}: the number of labels to show is a whole number of 1 or more",
                             hint="e.g. --top 3")
     predictor = load_predictor(path, device=device, allow_missing_folds=allow_missing_folds)
-    out, usable = [], []
-    for path in audio_paths(files):
+    out = []
+    for file in audio_paths(files):  # one at a time: a folder of long recordings is never all in memory
         try:
-            y, sr, _ = decode(read_file(path, name=str(path)), name=str(path))
-            decoded = Decoded(str(path), y, sr)
+            y, sr, _ = decode(read_file(file, name=str(file)), name=str(file))
+            p = predictor.scorer.clips([Decoded(str(file), y, sr)])[0]
         except AudioError as e:
-            out.append({"file": str(path), "error": e.detail, "hint": e.hint or ""})
-            continue
-        out.append({"file": str(path)})
-        usable.append((out[-1], decoded))
-    for item, decoded in usable:
-        try:
-            p = predictor.scorer.clips([decoded])[0]
-        except AudioError as e:
-            item.update(error=e.detail, hint=e.hint or "")
+            out.append({"file": str(file), "error": e.detail, "hint": e.hint or ""})
             continue
         best = np.argsort(-p, kind="stable")[:top]
-        item["tags"] = [(predictor.labels[i], float(p[i])) for i in best]
+        out.append({"file": str(file), "tags": [(predictor.labels[i], float(p[i])) for i in best]})
     return out
