@@ -39,7 +39,8 @@ FINGERPRINT_SCHEMA = 2
 
 
 def fingerprint(*parts: object) -> str:
-    return hashlib.sha256(json.dumps([FINGERPRINT_SCHEMA, *parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    text = json.dumps([FINGERPRINT_SCHEMA, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def only_new_defaults(recorded, current, defaults) -> bool:
@@ -71,7 +72,7 @@ class StageState:
         self.fingerprints: dict[str, str] = {}
         self.kept: set[str] = set()  # stages whose finished or partial work stands
         self.defaults = {"config": portable_settings(result_settings(Config()), Stage(name="defaults")),
-                         "data": vars(data)}
+                         "data": vars(DataSpec())}  # a new data option counts as unchanged only at its default
 
     def settings(self, stage: Stage, config: Config | None) -> dict:
         if config is None:
