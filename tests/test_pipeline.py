@@ -171,8 +171,10 @@ def test_a_pipeline_json_of_another_fingerprint_schema_is_re_run_and_says_so(str
     assert "fingerprint schema 1, this one 2" in said[0] and "re-run" in said[0]
     # a data option added later counts as unchanged only at its default
     recorded = {"data": {k: v for k, v in vars(DataSpec(root="d")).items() if k != "only_listed"}}
-    assert only_new_defaults(recorded, {"data": vars(DataSpec(root="d"))}, current.defaults)
-    assert not only_new_defaults(recorded, {"data": vars(DataSpec(root="d", only_listed=True))}, current.defaults)
+    listed = DataSpec(root="d", only_listed=True)
+    defaults = StageState(out, load_recipe(recipe), listed, log=lambda m: None).defaults
+    assert only_new_defaults(recorded, {"data": vars(DataSpec(root="d"))}, defaults)
+    assert not only_new_defaults(recorded, {"data": vars(listed)}, defaults)
 
 
 def test_a_stage_pseudo_labels_the_test_set_with_a_blend_and_joins_the_final_blend(straight_pipeline, demo_data,
