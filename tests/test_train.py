@@ -82,8 +82,9 @@ def _same_results(a: Run, b: Run):
         assert sa[key] == sb[key], key
 
 
-def test_resume_after_an_epoch_equals_training_straight(demo_data, tmp_path, monkeypatch):
-    straight = train_tiny(demo_data, tmp_path / "straight", tmp_path / "cache")
+@pytest.mark.parametrize("extra", [(), ("train.ema_decay=0.9",)], ids=["plain", "weight-average"])
+def test_resume_after_an_epoch_equals_training_straight(demo_data, tmp_path, monkeypatch, extra):
+    straight = train_tiny(demo_data, tmp_path / "straight", tmp_path / "cache", *extra)
     original = History.on_epoch_end
 
     def stop_after_epoch_2_of_fold_1(self, trainer, result):
@@ -93,7 +94,7 @@ def test_resume_after_an_epoch_equals_training_straight(demo_data, tmp_path, mon
 
     monkeypatch.setattr(History, "on_epoch_end", stop_after_epoch_2_of_fold_1)
     with pytest.raises(KeyboardInterrupt):
-        train_tiny(demo_data, tmp_path / "cut", tmp_path / "cache")
+        train_tiny(demo_data, tmp_path / "cut", tmp_path / "cache", *extra)
     monkeypatch.setattr(History, "on_epoch_end", original)
     assert (tmp_path / "cut" / "fold_0" / "done.json").exists()
     assert not (tmp_path / "cut" / "fold_1" / "done.json").exists()

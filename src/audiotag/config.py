@@ -132,6 +132,9 @@ class TrainConfig:
     channels_last: bool = True
     early_stopping_patience: int = field(default=0, metadata=_range(0))  # epochs without improvement; 0 = off
     checkpoint: Literal["best", "last"] = "best"  # which weights predict
+    # An exponential moving average of the weights, updated every step, is what is validated and
+    # kept (best or last); 0 = off, else e.g. 0.999 (about 1,000 steps of memory).
+    ema_decay: float = field(default=0.0, metadata=_range(0.0, 0.99999))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = field(default=0, metadata=_range(0, 512))  # torch threads; 0 = one per core
 

@@ -370,7 +370,8 @@ class Run:
         path = self.fold_dir(k) / f"{which}.pt"
         state = load_checkpoint(path)
         try:
-            weights = state["model"] if which == "best" else state["trainer"]["model"]
+            # "last" is what the trainer kept: its weight average when train.ema_decay is on
+            weights = state["model"] if which == "best" else (state["trainer"].get("average") or state["trainer"])["model"]
             model = new_model(config, channels=state["channels"], bands=state["bands"],
                               n_classes=len(state["vocabulary"]), device=device)
             model.load_state_dict(weights)

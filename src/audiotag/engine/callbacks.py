@@ -30,7 +30,7 @@ class Checkpointer(Callback):
             self.best_score, self.best_epoch = score, result["epoch"]
             if self.on_best is not None:
                 self.on_best(result["epoch"])
-            save_checkpoint(self.folder / "best.pt", {**self.meta, "model": trainer.model.state_dict(),
+            save_checkpoint(self.folder / "best.pt", {**self.meta, "model": trainer.kept_model.state_dict(),
                                                       "epoch": result["epoch"], "score": score})
         save_checkpoint(self.folder / "last.pt", {**self.meta, "trainer": trainer.state_dict()})
 

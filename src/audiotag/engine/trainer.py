@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from . import distributed
+from .averaging import WeightAverage
 from .checkpoint import rng_state, set_rng_state
 from .precision import autocast
 
@@ -61,7 +62,7 @@ class Trainer:
     def __init__(self, model: nn.Module, *, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, transforms: list, device: torch.device,
                  precision: str = "fp32", grad_clip: float | None = None, callbacks: list[Callback] = (),
-                 loss_fn: Callable = nn.functional.binary_cross_entropy_with_logits):
+                 loss_fn: Callable = nn.functional.binary_cross_entropy_with_logits, ema_decay: float = 0.0):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.transforms, self.device, self.precision = transforms, device, precision
         self.grad_clip, self.callbacks, self.loss_fn = grad_clip, list(callbacks), loss_fn
@@ -70,6 +71,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.should_stop = False
+        self.average = WeightAverage(model, decay=ema_decay) if ema_decay > 0 else None
         # What batches go through: the model itself, or its DistributedDataParallel wrapper, which
         # averages gradients over processes (state dicts always come from the bare model).
         self.net = model
@@ -90,10 +92,17 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.average is not None:
+                self.average.update(self.model)
             self.step += 1
             total += float(loss.detach()) * len(x)
             count += len(x)
         return distributed.mean(total / max(count, 1))
+
+    @property
+    def kept_model(self) -> nn.Module:
+        """The weights that are validated and kept: the moving average when there is one."""
+        return self.average.model if self.average is not None else self.model
 
     def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss of one batch (augmented here, on the device); subclasses change how a batch is
@@ -144,6 +153,7 @@ class Trainer:
             "transforms": [t.state_dict() for t in self.transforms], "rng": rng_state(),
             "rng_ranks": distributed.gather(rng_state()) if distributed.world_size() > 1 else None,
             "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "average": self.average.state_dict() if self.average is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -153,6 +163,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history, self.should_stop = list(state["history"]), state["should_stop"]
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
         for t, s in zip(self.transforms, state["transforms"]):
             t.load_state_dict(s)
         for cb, s in zip(self.callbacks, state["callbacks"]):

@@ -112,7 +112,7 @@ def _trainer(job: FitJob, ctx: TrainingContext) -> Trainer:
     common = dict(optimizer=optimizer, scheduler=scheduler, device=ctx.device, precision=ctx.precision,
                   transforms=build_transforms(config.augment, seed=config.seed * 1000 + job.stream,
                                               channels=channel_names(config.features)),
-                  grad_clip=t.grad_clip, callbacks=callbacks, loss_fn=job.loss_fn)
+                  grad_clip=t.grad_clip, callbacks=callbacks, loss_fn=job.loss_fn, ema_decay=t.ema_decay)
     if job.mixmatch:
         n = config.noisy
         return MixMatchTrainer(job.model, k=n.mixmatch_k, temperature=n.mixmatch_temperature, alpha=n.mixmatch_alpha,
@@ -126,7 +126,7 @@ def fit(job: FitJob, ctx: TrainingContext) -> Trainer:
     clean = inference_spec(ctx.config, views=0)
 
     def evaluate() -> dict:
-        probs = predict_model(job.model, job.val_bank, clean, device=ctx.device, precision=ctx.precision)
+        probs = predict_model(trainer.kept_model, job.val_bank, clean, device=ctx.device, precision=ctx.precision)
         return {"val_lwlrap": lwlrap(job.val_bank.targets, probs), "val_loss": clip_bce(job.val_bank.targets, probs)}
 
     trainer = _trainer(job, ctx)
@@ -227,7 +227,8 @@ def run_fold(k: int, ctx: TrainingContext) -> FoldResult:
                       device=ctx.device)
     lr = t.lr
     if ctx.pretrained is not None:
-        model.load_state_dict(load_checkpoint(ctx.pretrained)["trainer"]["model"])
+        trained = load_checkpoint(ctx.pretrained)["trainer"]
+        model.load_state_dict((trained.get("average") or trained)["model"])
         lr = t.lr * config.noisy.finetune_lr_scale
     if not (folder / "last.pt").exists():
         extra = f" + {len(part.clips)} noisy" if part is not None else ""
