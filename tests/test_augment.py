@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from audiotag.augment import Gain, Mixup, SpecAugment, TimeShift, build_transforms
-from audiotag.augment.spec import FreqShift, RandomEQ, TimeStretch
+from audiotag.augment.spec import FreqMixStyle, FreqShift, RandomEQ, ResizedCrop, TimeStretch
 from audiotag.config import AugmentConfig
 
 
@@ -23,6 +23,8 @@ TRANSFORMS = {
     "eq": lambda s: RandomEQ(max_db=6.0, seed=s),
     "freq_shift": lambda s: FreqShift(max_bins=3, seed=s),
     "stretch": lambda s: TimeStretch(max_change=0.25, seed=s),
+    "resized_crop": lambda s: ResizedCrop(min_scale=0.6, seed=s),
+    "freq_mixstyle": lambda s: FreqMixStyle(prob=1.0, alpha=0.3, seed=s),
 }
 
 
@@ -195,3 +197,54 @@ def test_gain_and_eq_move_only_the_db_channels_and_a_waveform_is_scaled():
     assert "RandomEQ" not in names and "FreqShift" not in names and "TimeStretch" not in names
     masks = [t for t in build_transforms(AugmentConfig(), seed=0, channels=["waveform"]) if isinstance(t, SpecAugment)]
     assert masks and masks[0].freq_masks == 0  # bands of a framed waveform are samples, not frequencies
+
+
+def test_resized_crop_zooms_into_the_chosen_part_by_bilinear_interpolation():
+    f, t = 16, 40
+    bands = torch.arange(f, dtype=torch.float32)[:, None].expand(f, t)
+    frames = torch.arange(t, dtype=torch.float32)[None, :].expand(f, t)
+    x = torch.stack([bands, frames])[None].repeat(2, 1, 1, 1)  # channel 0 counts bands, channel 1 frames
+    crop = ResizedCrop(min_scale=0.5, seed=0)
+    params = {"scale": torch.tensor([[0.5, 0.75], [1.0, 1.0]]), "centre": torch.tensor([[0.2, -0.1], [0.0, 0.0]])}
+    out, y = crop.apply(x, torch.eye(2), params)
+    assert torch.equal(y, torch.eye(2))
+
+    def source(pos, n, scale, centre):  # the input index output index `pos` reads (align_corners=False)
+        return ((scale * ((2 * pos + 1) / n - 1) + centre) + 1) * n / 2 - 0.5
+
+    j, i = torch.arange(t, dtype=torch.float32), torch.arange(f, dtype=torch.float32)
+    torch.testing.assert_close(out[0, 1, 5], source(j, t, 0.5, 0.2).clamp(0, t - 1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out[0, 0, :, 7], source(i, f, 0.75, -0.1).clamp(0, f - 1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out[1], x[1], atol=1e-4, rtol=0)  # scale 1, centred: the crop itself
+    drawn = crop.sample(x)
+    assert ((drawn["scale"] >= 0.5) & (drawn["scale"] <= 1)).all()
+    assert (drawn["centre"].abs() <= 1 - drawn["scale"] + 1e-6).all()  # the window stays inside the crop
+
+
+def test_freq_mixstyle_gives_each_band_the_mixed_statistics_and_keeps_targets():
+    g = torch.Generator().manual_seed(0)
+    b, c, f, t = 3, 2, 8, 400
+    mean = torch.randn(b, 1, f, 1, generator=g) * 10
+    spread = torch.rand(b, 1, f, 1, generator=g) * 3 + 0.5
+    x = torch.randn(b, c, f, t, generator=g) * spread + mean
+    mix = FreqMixStyle(prob=1.0, alpha=0.3, seed=0)
+    lam, perm = torch.tensor([0.3, 1.0, 0.8]), torch.tensor([1, 2, 0])
+    y = torch.eye(3)
+    out, out_y = mix.apply(x, y, {"lam": lam, "perm": perm})
+    assert torch.equal(out_y, y) and torch.equal(out[1], x[1])  # lam = 1: untouched
+    m, s = x.mean(dim=(1, 3), keepdim=True), x.std(dim=(1, 3), unbiased=False, keepdim=True)
+    w = lam[:, None, None, None]
+    torch.testing.assert_close(out.mean(dim=(1, 3), keepdim=True), w * m + (1 - w) * m[perm], atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.std(dim=(1, 3), unbiased=False, keepdim=True), w * s + (1 - w) * s[perm],
+                               atol=1e-3, rtol=1e-3)
+    never = FreqMixStyle(prob=0.0, alpha=0.3, seed=0)
+    assert torch.equal(never(x, y)[0], x)
+
+
+def test_config_switches_the_resized_crop_and_freq_mixstyle_on():
+    names = [type(t).__name__ for t in build_transforms(
+        AugmentConfig(resized_crop_min=0.8, freq_mixstyle_prob=0.5), seed=0)]
+    assert names == ["TimeShift", "Gain", "ResizedCrop", "FreqMixStyle", "SpecAugment", "Mixup"]
+    wave = [type(t).__name__ for t in build_transforms(AugmentConfig(resized_crop_min=0.8, freq_mixstyle_prob=0.5),
+                                                      seed=0, channels=["waveform"])]
+    assert "ResizedCrop" not in wave and "FreqMixStyle" not in wave

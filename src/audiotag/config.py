@@ -158,6 +158,13 @@ class AugmentConfig:
     freq_shift_bins: int = field(default=0, metadata=_range(0, 64))  # random shift along the bands
     time_stretch: float = field(default=0.0, metadata=_range(0.0, 1.0))  # tempo change up to x(1 +- this)
     time_shift: bool = True  # circular shift of each crop
+    # Random resized crop: zoom into a random share (this much to 1, per axis) of each crop's frames
+    # and bands, stretched back to full size; 1 = off.
+    resized_crop_min: float = field(default=1.0, metadata=_range(0.1, 1.0))
+    # Frequency-wise MixStyle: with this probability a crop takes on a mix of its own and another
+    # crop's per-band mean and spread, Beta(alpha, alpha) weights; 0 = off.
+    freq_mixstyle_prob: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    freq_mixstyle_alpha: float = field(default=0.3, metadata=_range(0.0))
 
 
 @dataclass

@@ -162,6 +162,61 @@ class TimeStretch(_Transform):
         return torch.lerp(x.gather(-1, index), x.gather(-1, after), frac), y
 
 
+class ResizedCrop(_Transform):
+    """Zooms into a random part of each crop: a share between ``min_scale`` and 1 of its frames and,
+    independently, of its bands, at a random place, stretched back to the full size with bilinear
+    interpolation (torchvision's RandomResizedCrop on the spectrogram, credited most by FAT2019's
+    first-place team). The sound gets slower and its spectrum spreads over more bands, as a
+    different recording of the same source might."""
+
+    def __init__(self, *, min_scale: float, seed: int):
+        super().__init__(seed=seed)
+        self.min_scale = min_scale
+
+    def sample(self, x):
+        b = x.shape[0]
+        scale = self.min_scale + (1 - self.min_scale) * self._uniform(b, 2)  # (B, [time, bands])
+        centre = (self._uniform(b, 2) * 2 - 1) * (1 - scale)  # within [-1, 1] in grid units
+        return {"scale": scale, "centre": centre}
+
+    def apply(self, x, y, params):
+        scale, centre = params["scale"], params["centre"]
+        theta = torch.zeros(x.shape[0], 2, 3, device=x.device)
+        theta[:, 0, 0], theta[:, 0, 2] = scale[:, 0], centre[:, 0]  # grid x: time (the last axis)
+        theta[:, 1, 1], theta[:, 1, 2] = scale[:, 1], centre[:, 1]  # grid y: bands
+        grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+        out = torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border",
+                                              align_corners=False)
+        return out.to(x.dtype), y
+
+
+class FreqMixStyle(_Transform):
+    """With probability ``prob``, normalises each crop band by band (mean and standard deviation over
+    channels and time) and gives it a mix of its own and another crop's band statistics, ``lam ~
+    Beta(alpha, alpha)`` (frequency-wise MixStyle, Kim et al. 2022; Schmid et al.'s CP-Mobile). The
+    band statistics carry the microphone's and the room's colouring, so the model learns to look
+    past them; the targets stay."""
+
+    def __init__(self, *, prob: float, alpha: float, seed: int, eps: float = 1e-5):
+        super().__init__(seed=seed)
+        self.prob, self.alpha, self.eps = prob, alpha, eps
+
+    def sample(self, x):
+        b = x.shape[0]
+        g1 = torch._standard_gamma(torch.full((b,), self.alpha), generator=self.generator)
+        g2 = torch._standard_gamma(torch.full((b,), self.alpha), generator=self.generator)
+        use = self._uniform(b) < self.prob
+        return {"lam": torch.where(use, g1 / (g1 + g2), torch.ones(b)),
+                "perm": torch.randperm(b, generator=self.generator)}
+
+    def apply(self, x, y, params):
+        lam, perm = params["lam"].to(x.dtype)[:, None, None, None], params["perm"]
+        mean = x.mean(dim=(1, 3), keepdim=True)  # (B, 1, F, 1)
+        std = (x.var(dim=(1, 3), keepdim=True) + self.eps).sqrt()
+        mixed = (x - mean) / std * (lam * std + (1 - lam) * std[perm]) + lam * mean + (1 - lam) * mean[perm]
+        return torch.where(lam == 1, x, mixed), y  # unmixed crops stay bit-identical
+
+
 class Mixup(_Transform):
     """With probability ``prob``, mixes the batch with a shuffled copy of itself:
     ``x = lam * x + (1 - lam) * x[perm]``, ``lam ~ Beta(alpha, alpha)`` per clip. Targets are mixed
@@ -209,7 +264,8 @@ class Mixup(_Transform):
 
 
 def build_transforms(cfg: AugmentConfig, *, seed: int, channels: list[str] | None = None) -> list[_Transform]:
-    """The enabled transforms in application order: shift, gain, EQ, band shift, stretch, masks, mixup.
+    """The enabled transforms in application order: shift, gain, EQ, band shift, stretch, resized
+    crop, band-statistics mixing, masks, mixup.
 
     ``channels`` names the input channels (``features.frontend.channel_names``): gain and EQ move
     only the dB ones, and a raw waveform gets a linear gain and no band-wise transforms."""
@@ -226,6 +282,10 @@ def build_transforms(cfg: AugmentConfig, *, seed: int, channels: list[str] | Non
         out.append(FreqShift(max_bins=cfg.freq_shift_bins, seed=seed * 10 + 6))
     if cfg.time_stretch > 0 and not waveform:
         out.append(TimeStretch(max_change=cfg.time_stretch, seed=seed * 10 + 7))
+    if cfg.resized_crop_min < 1 and not waveform:
+        out.append(ResizedCrop(min_scale=cfg.resized_crop_min, seed=seed * 10 + 8))
+    if cfg.freq_mixstyle_prob > 0 and cfg.freq_mixstyle_alpha > 0 and not waveform:
+        out.append(FreqMixStyle(prob=cfg.freq_mixstyle_prob, alpha=cfg.freq_mixstyle_alpha, seed=seed * 10 + 9))
     freq_masks = 0 if waveform else cfg.freq_masks
     if (cfg.time_masks and cfg.time_mask_frames) or (freq_masks and cfg.freq_mask_bins):
         out.append(SpecAugment(time_masks=cfg.time_masks, time_mask_frames=cfg.time_mask_frames,
