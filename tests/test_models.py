@@ -102,3 +102,55 @@ def test_unknown_model_name():
     cfg.name = "transformer9000"
     with pytest.raises(ConfigError, match="not a registered model"):
         build_model(cfg, in_channels=1, n_mels=8, n_classes=2)
+
+
+def _bands_seen(model, bands=64):
+    """Input bands that reach the lowest band of the last block's output."""
+    for m in model.modules():  # trained-like weights: residual branches start at zero
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(m.weight)
+    x = torch.randn(1, 1, bands, 48, requires_grad=True)
+    model.eval().blocks(x)[:, :, 0, :].sum().backward()
+    return int((x.grad.abs().sum(dim=(0, 1, 3)) > 0).nonzero().max()) + 1
+
+
+@pytest.mark.parametrize("name", ["vgg", "resnet", "crnn"])
+def test_band_context_blocks_restrict_the_receptive_field_over_bands(name):
+    def model(blocks):
+        torch.manual_seed(0)
+        return build_model(ModelConfig(name=name, width=4, depth=4, band_context_blocks=blocks),
+                           in_channels=1, n_mels=64, n_classes=3)
+
+    kernels = [{m.kernel_size for m in block.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)}
+               for block in model(1).blocks]
+    assert kernels == [{(3, 3)}, {(1, 3)}, {(1, 3)}, {(1, 3)}]
+    # 3x3 then 2x2 pooling reaches band 16 at most; 1x3 blocks and their pooling add only the 16 the
+    # last band averages over; with 3x3 everywhere the context keeps growing
+    seen = {blocks: _bands_seen(model(blocks)) for blocks in (1, 2, 4, None)}
+    assert seen[1] <= 17 + (1 if name == "resnet" else 0) < seen[2] < seen[4] == seen[None]
+    with pytest.raises(ConfigError, match="band_context_blocks"):
+        from audiotag.config import load_config
+        load_config(None, ["model.depth=2", "model.band_context_blocks=3"])
+
+
+def test_a_band_restricted_cnn_learns_which_band_holds_the_tone():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="vgg", width=8, depth=3, band_context_blocks=1, dropout=0.0),
+                        in_channels=1, n_mels=32, n_classes=4)
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 4, (256,), generator=g)
+    x = torch.randn(256, 1, 32, 24, generator=g)
+    x[torch.arange(256), 0, 4 + 7 * labels, :] += 3.0  # class k: a steady tone in band 4 + 7k
+    y = torch.nn.functional.one_hot(labels, 4).float()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(25):
+        for i in range(0, 256, 32):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x[i:i + 32])["logits"], y[i:i + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    test = torch.randn(64, 1, 32, 24, generator=g)
+    truth = torch.arange(64) % 4
+    test[torch.arange(64), 0, 4 + 7 * truth, :] += 3.0
+    assert (model(test)["logits"].argmax(1) == truth).float().mean() > 0.9

@@ -97,6 +97,10 @@ class ModelConfig:
     depth: int = field(default=4, metadata=_range(1, 8))  # blocks, each halving time and frequency
     convs_per_block: int = field(default=1, metadata=_range(1, 4))
     max_width: int = field(default=512, metadata=_range(4, 4096))
+    # vgg, resnet, crnn: only the first this many blocks widen the context over bands (3x3 kernels);
+    # later ones see one band at a time (1x3), CP-ResNet's restricted receptive field, at a third of
+    # the cost. null = every block 3x3.
+    band_context_blocks: int | None = field(default=None, metadata=_range(0, 8))
     dropout: float = field(default=0.2, metadata=_range(0.0, 0.95))
     # How frames become a clip: avgmax (mean + max over time) or attention (per-class attention
     # weights over time applied to per-frame logits).
@@ -300,6 +304,14 @@ def _check_cross_fields(cfg: Config) -> None:
             f"model.name = {cfg.model.name} does not read features.kind = {f.kind}",
             hint="raw waveforms go with model.name=wavecnn; spectral features with "
                  + ", ".join(sorted(spectral_models)))
+    m = cfg.model
+    if m.band_context_blocks is not None:
+        if m.name in ("rnn", "wavecnn"):
+            raise ConfigError(f"model.band_context_blocks applies to the log-mel CNNs, not model.name = {m.name}",
+                              hint="leave it null, or use model.name=vgg, resnet or crnn")
+        if m.band_context_blocks > m.depth:
+            raise ConfigError(f"model.band_context_blocks = {m.band_context_blocks} exceeds model.depth = {m.depth}",
+                              hint=f"use at most {m.depth}, or null for 3x3 kernels in every block")
     n = cfg.noisy
     if n.strategy == "pseudo" and not n.teacher:
         raise ConfigError("noisy.strategy = pseudo needs noisy.teacher: a finished curated-only run folder",

@@ -14,26 +14,33 @@ import torch
 from torch import nn
 
 
-def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+FULL, TIME_ONLY = (3, 3), (1, 3)  # (bands, frames) kernels: 3x3, or 1x3 that never widens the band context
+
+
+def _conv(cin: int, cout: int, kernel: tuple[int, int]) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel, padding=(kernel[0] // 2, kernel[1] // 2), bias=False)
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: tuple[int, int] = FULL) -> list[nn.Module]:
+    return [_conv(cin, cout, kernel), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 class VGGBlock(nn.Sequential):
-    def __init__(self, cin: int, cout: int, *, convs: int):
+    def __init__(self, cin: int, cout: int, *, convs: int, kernel: tuple[int, int] = FULL):
         layers = []
         for i in range(convs):
-            layers += _conv_bn_relu(cin if i == 0 else cout, cout)
+            layers += _conv_bn_relu(cin if i == 0 else cout, cout, kernel)
         super().__init__(*layers, nn.AvgPool2d(2, ceil_mode=True))
 
 
 class ResidualBlock(nn.Module):
     """``convs`` (>= 1) pairs of 3x3 convolutions with identity shortcuts, then 2x2 pooling."""
 
-    def __init__(self, cin: int, cout: int, *, convs: int):
+    def __init__(self, cin: int, cout: int, *, convs: int, kernel: tuple[int, int] = FULL):
         super().__init__()
         self.project = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)) if cin != cout else nn.Identity()
         self.pairs = nn.ModuleList(
-            nn.Sequential(*_conv_bn_relu(cout, cout), nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+            nn.Sequential(*_conv_bn_relu(cout, cout, kernel), _conv(cout, cout, kernel), nn.BatchNorm2d(cout))
             for _ in range(convs))
         for pair in self.pairs:  # start each residual branch at zero: the block begins as identity
             nn.init.zeros_(pair[-1].weight)
@@ -97,14 +104,15 @@ class _AudioCNN(nn.Module):
 
     def __init__(self, *, in_channels: int, n_mels: int, n_classes: int, width: int = 32, depth: int = 4,
                  convs_per_block: int = 2, max_width: int = 512, dropout: float = 0.2, pooling: str = "avgmax",
-                 recurrent: dict | None = None):
+                 recurrent: dict | None = None, band_context_blocks: int | None = None):
         super().__init__()
         self.input_norm = nn.BatchNorm1d(in_channels * n_mels)
         self.channels_last = False
         widths = [min(width * 2**i, max_width) for i in range(depth)]
         blocks, cin = [], in_channels
-        for cout in widths:
-            blocks.append(self.block(cin, cout, convs=convs_per_block))
+        for i, cout in enumerate(widths):
+            kernel = FULL if band_context_blocks is None or i < band_context_blocks else TIME_ONLY
+            blocks.append(self.block(cin, cout, convs=convs_per_block, kernel=kernel))
             cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.recurrent = Recurrent(cin, **recurrent) if recurrent else None
