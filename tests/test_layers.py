@@ -17,7 +17,7 @@ PACKAGE = Path(audiotag.__file__).parent
 
 # Lowest first: each stage of the data's way, then what combines them, then the front doors.
 LAYERS = (
-    "errors", "version", "fsutil", "progress", "parallel", "metrics", "mkl", "config", "plots",
+    "errors", "version", "fsutil", "progress", "parallel", "metrics", "malloc", "mkl", "config", "plots",
     "audio", "data", "features", "models", "augment", "engine", "runs",
     "inference", "training", "ensemble", "predictor", "export", "report", "recipes",
     "bench", "cli", "__main__", "__init__",

@@ -97,9 +97,7 @@ class ModelConfig:
     depth: int = field(default=4, metadata=_range(1, 8))  # blocks, each halving time and frequency
     convs_per_block: int = field(default=1, metadata=_range(1, 4))
     max_width: int = field(default=512, metadata=_range(4, 4096))
-    # vgg, resnet, crnn: only the first this many blocks widen the context over bands (3x3 kernels);
-    # later ones see one band at a time (1x3), CP-ResNet's restricted receptive field, at a third of
-    # the cost. null = every block 3x3.
+    # vgg/resnet/crnn: blocks after the first N see one band at a time (1x3 kernels, CP-ResNet); null = all 3x3
     band_context_blocks: int | None = field(default=None, metadata=_range(0, 8))
     dropout: float = field(default=0.2, metadata=_range(0.0, 0.95))
     # How frames become a clip: avgmax (mean + max over time) or attention (per-class attention
@@ -136,8 +134,7 @@ class TrainConfig:
     channels_last: bool = True
     early_stopping_patience: int = field(default=0, metadata=_range(0))  # epochs without improvement; 0 = off
     checkpoint: Literal["best", "last"] = "best"  # which weights predict
-    # An exponential moving average of the weights, updated every step, is what is validated and
-    # kept (best or last); 0 = off, else e.g. 0.999 (about 1,000 steps of memory).
+    # Validate and keep a moving average of the weights, updated every step; 0 = off, 0.999 ~ 1,000 steps
     ema_decay: float = field(default=0.0, metadata=_range(0.0, 0.99999))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = field(default=0, metadata=_range(0, 512))  # torch threads; 0 = one per core
@@ -162,11 +159,9 @@ class AugmentConfig:
     freq_shift_bins: int = field(default=0, metadata=_range(0, 64))  # random shift along the bands
     time_stretch: float = field(default=0.0, metadata=_range(0.0, 1.0))  # tempo change up to x(1 +- this)
     time_shift: bool = True  # circular shift of each crop
-    # Random resized crop: zoom into a random share (this much to 1, per axis) of each crop's frames
-    # and bands, stretched back to full size; 1 = off.
+    # Random resized crop: zoom into this share (to 1, per axis) of each crop's frames and bands; 1 = off
     resized_crop_min: float = field(default=1.0, metadata=_range(0.1, 1.0))
-    # Frequency-wise MixStyle: with this probability a crop takes on a mix of its own and another
-    # crop's per-band mean and spread, Beta(alpha, alpha) weights; 0 = off.
+    # Frequency-wise MixStyle: a crop takes a Beta(alpha, alpha) mix of its and another's band statistics
     freq_mixstyle_prob: float = field(default=0.0, metadata=_range(0.0, 1.0))
     freq_mixstyle_alpha: float = field(default=0.3, metadata=_range(0.0))
 
@@ -305,13 +300,10 @@ def _check_cross_fields(cfg: Config) -> None:
             hint="raw waveforms go with model.name=wavecnn; spectral features with "
                  + ", ".join(sorted(spectral_models)))
     m = cfg.model
-    if m.band_context_blocks is not None:
-        if m.name in ("rnn", "wavecnn"):
-            raise ConfigError(f"model.band_context_blocks applies to the log-mel CNNs, not model.name = {m.name}",
-                              hint="leave it null, or use model.name=vgg, resnet or crnn")
-        if m.band_context_blocks > m.depth:
-            raise ConfigError(f"model.band_context_blocks = {m.band_context_blocks} exceeds model.depth = {m.depth}",
-                              hint=f"use at most {m.depth}, or null for 3x3 kernels in every block")
+    if m.band_context_blocks is not None and (m.name in ("rnn", "wavecnn") or m.band_context_blocks > m.depth):
+        raise ConfigError(f"model.band_context_blocks = {m.band_context_blocks} needs model.name vgg, resnet or crnn "
+                          f"and at most model.depth = {m.depth} blocks (model.name = {m.name})",
+                          hint="lower it, or leave it null for 3x3 kernels in every block")
     n = cfg.noisy
     if n.strategy == "pseudo" and not n.teacher:
         raise ConfigError("noisy.strategy = pseudo needs noisy.teacher: a finished curated-only run folder",
@@ -467,8 +459,7 @@ def parse_override(text: str) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: the value is not valid YAML ({e.problem})") from None
-    out: dict = {}
-    node = out
+    node = out = {}
     parts = key.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
@@ -487,10 +478,8 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        where = ""
         mark = getattr(e, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if data is None:
         return {}
@@ -501,9 +490,7 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides; validated."""
-    data: dict = {}
-    if path is not None:
-        data = read_yaml(path)
+    data = read_yaml(path) if path is not None else {}
     for text in overrides:
         data = merge_dicts(data, parse_override(text))
     return config_from_dict(data)

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import traceback
 
-from .. import mkl
+from .. import malloc, mkl
 from ..errors import AudiotagError
 from ..version import __version__
 from . import combine_commands, data_commands, run_commands
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    malloc.keep_freed_memory()  # before the large allocations of training (see malloc.py)
     mkl.unlock()  # the CLI's choice, made before MKL's first call (see mkl.py); AUDIOTAG_MKL_AMD=off keeps MKL's own
     parser = build_parser()
     args = parser.parse_args(argv)
