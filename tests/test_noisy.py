@@ -266,6 +266,14 @@ def test_ablation_table_over_strategies_and_seeds(demo_data, tmp_path):
     expected = np.mean([np.corrcoef(oof("joint_lq", s).ravel(), oof("curated", s).ravel())[0, 1] for s in (0, 1)])
     assert table.oof_corr_baseline[1] == pytest.approx(expected, abs=1e-4)
     assert np.isnan(table.oof_corr_baseline[0])
+    # training clips/s: each fold's median epoch, averaged over folds, then over seeds
+
+    def rate(seed):
+        folds = [out / f"curated-s{seed}" / f"fold_{k}" for k in (0, 1)]
+        return np.mean([json.loads((f / "done.json").read_text())["n_train"]
+                        / pd.read_csv(f / "history.csv").train_seconds.median() for f in folds])
+
+    assert table.train_clips_per_s[0] == pytest.approx(np.mean([rate(0), rate(1)]), rel=1e-3)
     # a second call reuses every finished run
     before = {p: p.stat().st_mtime for p in out.glob("*/scores.json")}
     ablate(DataSpec(root=str(demo_data)), tiny(), out=out, strategies=("joint_lq", "pseudo_soft"), seeds=(0, 1),
@@ -332,3 +340,14 @@ def test_mixmatch_run(demo_data, tmp_path):
     run = train_tiny(demo_data, tmp_path / "mm", tmp_path / "cache", "noisy.strategy=mixmatch", "noisy.mixmatch_k=2")
     assert "noisy (unlabelled) clips" in (run.dir / "log.txt").read_text()
     assert 0 < run.scores["oof_lwlrap"] <= 1
+
+
+def test_every_lever_variant_is_a_valid_change_of_the_default():
+    from audiotag.recipes.ablation import DEFAULT_LEVERS, VARIANTS, _with
+
+    base = tiny()
+    for name in DEFAULT_LEVERS[1:]:
+        changed = _with(base, VARIANTS[name]).to_dict()
+        for key, value in VARIANTS[name].items() - {("noisy.strategy", "none")}:
+            section, field = key.split(".")
+            assert changed[section][field] == value != base.to_dict()[section][field], (name, key)

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..config import load_config
 from ..ensemble.blending import DEFAULT_BLENDS, ensemble_runs
 from ..errors import AudiotagError
-from ..recipes.ablation import DEFAULT_REPRESENTATIONS, DEFAULT_STRATEGIES, ablate
+from ..recipes.ablation import DEFAULT_LEVERS, DEFAULT_REPRESENTATIONS, DEFAULT_STRATEGIES, ablate
 from ..recipes.pipeline import run_pipeline
 from ..recipes.recipe import bundled_recipe, load_recipe, with_budget
 from ..report.html import build_report
@@ -89,8 +89,9 @@ def add_pipeline(subs, shared: Shared) -> None:
 
 def cmd_ablate(args) -> int:
     chosen = args.strategies or args.variants
-    if chosen in ("noisy", "representations"):
-        strategies = DEFAULT_STRATEGIES if chosen == "noisy" else DEFAULT_REPRESENTATIONS
+    named = {"noisy": DEFAULT_STRATEGIES, "representations": DEFAULT_REPRESENTATIONS, "levers": DEFAULT_LEVERS}
+    if chosen in named:
+        strategies = named[chosen]
     elif chosen:
         strategies = tuple(x.strip() for x in chosen.split(",") if x.strip())
     else:
@@ -116,7 +117,9 @@ def add_ablate(subs, shared: Shared) -> None:
         "OOF predictions with the baseline's, minutes per run. Noisy-set strategies: curated, joint, joint_smooth, "
         "joint_bootstrap, joint_lq, joint_drop, pretrain, pseudo_agree, pseudo_relabel, pseudo_soft, mixmatch. "
         "Inputs and models: logmel, logmel_deltas, mfcc, cqt, logmel_phase, logmel_chroma, logmel_freqpos, "
-        "logmel_denoised, pcen, wavecnn, crnn, rnn, attention, resnet. Re-running continues where it stopped.",
+        "logmel_denoised, pcen, wavecnn, crnn, rnn, attention, resnet. Levers for unseen recordings ('levers'): "
+        "curated, ema, resized_crop, freq_mixstyle, band_context2, band_context2_w48. Re-running continues where it "
+        "stopped.",
         "audiotag ablate --data .bench/small --out runs/ablation --seeds 0,1 --set train.epochs=40\n"
         "audiotag ablate --data .bench/small --out runs/inputs --variants representations --seeds 0\n"
         "audiotag ablate --data data/fat2019 --out runs/abl --strategies curated,pretrain,pseudo_agree",
@@ -126,7 +129,7 @@ def add_ablate(subs, shared: Shared) -> None:
     choice.add_argument("--strategies", metavar="LIST", help="comma-separated variants, or 'noisy' (the default: "
                                                "curated,joint,joint_lq,pretrain,pseudo_agree,mixmatch)")
     choice.add_argument("--variants", metavar="LIST", help="same as --strategies; 'representations' = logmel,"
-                                             "logmel_deltas,mfcc,cqt,logmel_phase,wavecnn,crnn")
+                                             "logmel_deltas,mfcc,cqt,logmel_phase,wavecnn,crnn; 'levers' = curated and the levers")
     p.add_argument("--seeds", default="0,1", metavar="LIST", help="comma-separated seeds (default: 0,1)")
     p.set_defaults(func=cmd_ablate)
 
