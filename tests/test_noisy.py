@@ -150,6 +150,10 @@ def test_test_clips_take_the_labels_predicted_at_the_threshold(tmp_path):
     np.testing.assert_array_equal(targets, [[1, 1, 0], [0, 0, 1]])
     kept, _ = pseudo_labels_for_test_clips(path, clips, ("x", "y", "z"), 0.95)
     assert not kept.any()
+    # soft targets: every clip, in the clips' order, its predicted probabilities (distillation)
+    kept, targets = pseudo_labels_for_test_clips(path, clips, ("x", "y", "z"), 0.95, "soft")
+    assert kept.all()
+    np.testing.assert_allclose(targets, [[0.9, 0.5, 0.1], [0.2, 0.3, 0.7], [0.1, 0.49, 0.2]], rtol=1e-6)
 
     def refused(text, match, vocabulary=("x", "y", "z")):
         path.write_text(text)
@@ -186,6 +190,12 @@ def test_pseudo_labelled_test_clips_join_every_fold(demo_data, tmp_path):
         for k in (0, 1):
             done = json.loads((student.dir / f"fold_{k}" / "done.json").read_text())
             assert done["n_train"] == (folds.fold != k).sum() + n_noisy + expected.sum()
+    soft = train_tiny(demo_data, tmp_path / "soft", tmp_path / "cache", "noisy.test_targets=soft",
+                      f"noisy.test_predictions={teacher.dir / 'test_predictions.csv'}")
+    n_test = len(predictions)
+    for k in (0, 1):  # every test clip joins, whatever its probabilities
+        done = json.loads((soft.dir / f"fold_{k}" / "done.json").read_text())
+        assert done["n_train"] == (folds.fold != k).sum() + n_test
     with pytest.raises(ConfigError, match="mixmatch"):
         tiny("noisy.strategy=mixmatch", "noisy.test_predictions=x.csv")
     with pytest.raises(ConfigError, match="test_batch_fraction is set but"):

@@ -216,14 +216,14 @@ class NoisyConfig:
     mixmatch_alpha: float = field(default=0.75, metadata=_range(0.0))
     mixmatch_weight: float = field(default=1.0, metadata=_range(0.0, 1000.0))
     mixmatch_ramp_epochs: int = field(default=10, metadata=_range(0, 10000))
-    # Pseudo-labelling the test set: a Kaggle-format CSV of earlier test predictions (a run's
-    # test_predictions.csv, a submission); each test clip's labels at >= test_threshold make it one
-    # more noisy row (noisy loss, weight and batch share), whatever the strategy. The test clips'
-    # recordings and backgrounds then take part in training, which validation clips cannot show.
+    # Test clips as extra noisy rows, from a Kaggle-format CSV of earlier predictions (a run's
+    # test_predictions.csv, an ensemble's submission): targets = the labels predicted at >=
+    # test_threshold (clips with none left out), or soft = the probabilities themselves, every clip
+    # (distilling whatever made them). Their recordings then take part in training.
     test_predictions: str | None = None
     test_threshold: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
-    # Their own share of each batch, besides batch_fraction's noisy clips; unset, they are drawn
-    # among the noisy rows, where a few hundred test clips are lost among thousands of noisy ones.
+    test_targets: Literal["labels", "soft"] = "labels"
+    # Their own share of each batch (unset: drawn among the noisy rows).
     test_batch_fraction: float | None = field(default=None, metadata=_range(0.0, 0.95, lo_open=True))
 
 

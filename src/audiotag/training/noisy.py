@@ -140,9 +140,10 @@ def _selection_csv(clips: list[Clip], vocabulary, given, kept, targets) -> str:
 
 
 def pseudo_labels_for_test_clips(path: str | Path, test_clips: list[Clip], vocabulary: tuple[str, ...],
-                                 threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(kept mask over test_clips, hard targets (n_kept, K))`` from a Kaggle-format prediction CSV:
-    a test clip keeps the labels predicted at ``threshold`` or above; clips with none are left out."""
+                                 threshold: float, targets: str = "labels") -> tuple[np.ndarray, np.ndarray]:
+    """``(kept mask over test_clips, targets (n_kept, K))`` from a Kaggle-format prediction CSV:
+    ``labels``: a test clip keeps the labels predicted at ``threshold`` or above, clips with none
+    are left out; ``soft``: every clip, the predicted probabilities as its targets."""
     path = Path(path)
     where = f"noisy.test_predictions = {path}"
     try:
@@ -176,6 +177,8 @@ def pseudo_labels_for_test_clips(path: str | Path, test_clips: list[Clip], vocab
     if missing:
         raise AudiotagError(f"{where}: no predictions for {len(missing)} test clip(s) (e.g. {missing[0]})",
                             hint="predict the whole test split (audiotag predict RUN --data DATA)")
+    if targets == "soft":
+        return np.ones(len(test_clips), bool), probs
     labels = probs >= threshold
     kept = labels.any(axis=1)
     return kept, labels[kept].astype(np.float32)
@@ -218,12 +221,14 @@ class NoisyPlan:
             raise AudiotagError("noisy.test_predictions is set but the dataset has no test clips",
                                 hint="pseudo-labelling the test set needs its audio (test/ in the Kaggle layout)")
         kept, targets = pseudo_labels_for_test_clips(self.cfg.test_predictions, test_clips, self.vocabulary,
-                                                     self.cfg.test_threshold)
+                                                     self.cfg.test_threshold, self.cfg.test_targets)
         clips = [c for c, keep in zip(test_clips, kept) if keep]
         fsutil.write_text(self.run.dir / "test_pseudo_labels.csv", _selection_csv(
             test_clips, self.vocabulary, np.zeros((len(test_clips), len(self.vocabulary))), kept, targets))
-        self.run.log(f"pseudo-labelled test clips: {len(clips)} of {len(test_clips)} have a prediction >= "
-                     f"{self.cfg.test_threshold} ({int(targets.sum())} labels); they join every fold as noisy rows"
+        how = (f"all {len(clips)}, the predicted probabilities as targets" if self.cfg.test_targets == "soft" else
+               f"{len(clips)} of {len(test_clips)} have a prediction >= {self.cfg.test_threshold} "
+               f"({int(targets.sum())} labels)")
+        self.run.log(f"pseudo-labelled test clips: {how}; they join every fold as noisy rows"
                      + (f", {self.cfg.test_batch_fraction:.0%} of each batch" if self.cfg.test_batch_fraction else ""))
         return NoisyPart(clips, targets, n_test=len(clips))
 
