@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from audiotag.config import Config, config_from_dict, load_config, parse_override
+from audiotag.config import Config, config_from_dict, load_config, parse_override, read_yaml
 from audiotag.errors import ConfigError
 
 DEFAULT_YAML = Path(__file__).resolve().parents[1] / "src" / "audiotag" / "configs" / "default.yaml"
@@ -12,6 +12,10 @@ DEFAULT_YAML = Path(__file__).resolve().parents[1] / "src" / "audiotag" / "confi
 
 def test_commented_default_file_matches_the_code_defaults():
     assert load_config(DEFAULT_YAML) == Config()
+    listed = read_yaml(DEFAULT_YAML)
+    missing = [f"{section}.{key}" for section, values in Config().to_dict().items() if isinstance(values, dict)
+               for key in values if key not in listed.get(section, {})]
+    assert not missing, f"default.yaml does not document {missing}"
 
 
 def test_defaults_round_trip_through_yaml(tmp_path):
