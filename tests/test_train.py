@@ -276,3 +276,14 @@ def test_tensorboard_scalars_when_installed(demo_data, tmp_path):
     history = pd.read_csv(run.dir / "fold_1" / "history.csv")
     logged = [e.value for e in events.Scalars("lwlrap/validation")]
     np.testing.assert_allclose(logged, history.val_lwlrap.values, rtol=1e-6)
+
+
+def test_validating_every_few_epochs_keeps_the_best_of_those_and_always_the_last(demo_data, tmp_path):
+    run = train_tiny(demo_data, tmp_path / "sparse", tmp_path / "cache", "train.epochs=5", "train.validate_every=2")
+    history = pd.read_csv(run.dir / "fold_0" / "history.csv")
+    assert history.epoch.tolist() == [1, 2, 3, 4, 5]
+    assert history.val_lwlrap.notna().tolist() == [False, True, False, True, True]
+    done = json.loads((run.dir / "fold_0" / "done.json").read_text())
+    validated = history.dropna(subset=["val_lwlrap"])
+    assert done["best_epoch"] == int(validated.epoch[validated.val_lwlrap.idxmax()])
+    assert (run.dir / "training_curves.png").stat().st_size > 0

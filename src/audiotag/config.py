@@ -132,8 +132,9 @@ class TrainConfig:
     grad_clip: float | None = field(default=5.0, metadata=_range(0.0, lo_open=True))
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
-    early_stopping_patience: int = field(default=0, metadata=_range(0))  # epochs without improvement; 0 = off
+    early_stopping_patience: int = field(default=0, metadata=_range(0))  # validations without improvement; 0 = off
     checkpoint: Literal["best", "last"] = "best"  # which weights predict
+    validate_every: int = field(default=1, metadata=_range(1, 10000))  # epochs; the last epoch always validates
     # Validate and keep a moving average of the weights, updated every step; 0 = off, 0.999 ~ 1,000 steps
     ema_decay: float = field(default=0.0, metadata=_range(0.0, 0.99999))
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -223,8 +224,7 @@ class NoisyConfig:
     test_predictions: str | None = None
     test_threshold: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
     test_targets: Literal["labels", "soft"] = "labels"
-    # Their own share of each batch (unset: drawn among the noisy rows).
-    test_batch_fraction: float | None = field(default=None, metadata=_range(0.0, 0.95, lo_open=True))
+    test_batch_fraction: float | None = field(default=None, metadata=_range(0.0, 0.95, lo_open=True))  # own batch share
 
 
 @dataclass

@@ -35,7 +35,9 @@ def plot_training_curves(run_dir: Path, out: Path) -> Path | None:
         epochs = [int(r["epoch"]) for r in rows]
         label = path.parent.name.replace("_", " ")
         ax_loss.plot(epochs, [float(r["train_loss"]) for r in rows], label=label)
-        ax_val.plot(epochs, [float(r["val_lwlrap"]) for r in rows], label=label)
+        validated = [(e, float(r["val_lwlrap"])) for e, r in zip(epochs, rows) if r.get("val_lwlrap")]
+        if validated:
+            ax_val.plot(*zip(*validated), label=label)
     ax_loss.set(xlabel="epoch", ylabel="training loss (BCE, with mixup)", title="Training loss")
     ax_val.set(xlabel="epoch", ylabel="lwlrap", title="Validation lwlrap (clean windows)")
     ax_val.legend(fontsize=8)

@@ -71,7 +71,7 @@ class History(Callback):
         self.path, self.log, self.prefix, self.total_epochs = Path(path), log, prefix, total_epochs
 
     def on_epoch_end(self, trainer: Trainer, result: dict) -> None:
-        keys = list(trainer.history[0])
+        keys = list(dict.fromkeys(k for row in trainer.history for k in row))  # epochs without validation lack some
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()

@@ -123,9 +123,11 @@ class Trainer:
             loss = loss * (len(x) * distributed.world_size() / whole)
         return loss
 
-    def fit(self, *, epochs: int, batches_for: Callable[[int], Iterable], evaluate: Callable[[], dict]) -> list[dict]:
+    def fit(self, *, epochs: int, batches_for: Callable[[int], Iterable], evaluate: Callable[[], dict],
+            validate_every: int = 1) -> list[dict]:
         """Train until ``epochs`` are completed (counting those done before a resume) or a
-        callback sets ``should_stop``; ``evaluate()`` returns the epoch's validation metrics."""
+        callback sets ``should_stop``; ``evaluate()`` returns the validation metrics, every
+        ``validate_every`` epochs and after the last (other epochs' rows have none)."""
         for cb in self.callbacks:
             cb.on_fit_start(self)
         while self.epoch < epochs and not self.should_stop:
@@ -134,7 +136,8 @@ class Trainer:
             loss = self.train_epoch(batches_for(self.epoch))
             distributed.sync_buffers(self.model)  # one set of batch-norm statistics for evaluation and checkpoints
             train_s = time.perf_counter() - start
-            metrics = evaluate()
+            due = (self.epoch + 1) % validate_every == 0 or self.epoch + 1 == epochs
+            metrics = evaluate() if due else {}
             self.epoch += 1
             result = {"epoch": self.epoch, "train_loss": loss, "lr": lr, **metrics, "train_seconds": train_s,
                       "seconds": time.perf_counter() - start}

@@ -139,7 +139,8 @@ def fit(job: FitJob, ctx: TrainingContext) -> Trainer:
     if ctx.device.type == "cuda":  # on a CPU the cores are better spent on the model itself
         def batches_for(epoch: int):
             return prefetch(job.sampler.epoch(epoch), pin_memory=True)
-    trainer.fit(epochs=job.epochs, batches_for=batches_for, evaluate=evaluate)
+    trainer.fit(epochs=job.epochs, batches_for=batches_for, evaluate=evaluate,
+                validate_every=ctx.config.train.validate_every)
     return trainer
 
 
@@ -261,7 +262,7 @@ def _predict_fold(k: int, ctx: TrainingContext, trainer: Trainer, val_bank: Clip
         test_s_per_clip = (time.perf_counter() - start) / len(ctx.test_clips)
         fsutil.save_npy(folder / "test.npy", test)
     fsutil.save_npy(folder / "oof.npy", oof)
-    best = max(trainer.history, key=lambda r: r["val_lwlrap"])
+    best = max((r for r in trainer.history if "val_lwlrap" in r), key=lambda r: r["val_lwlrap"])
     summary = {"fold": k, "val_lwlrap": lwlrap(val_bank.targets, oof), "epochs": trainer.epoch,
                "best_epoch": best["epoch"], "best_epoch_val_lwlrap": best["val_lwlrap"],
                "checkpoint": config.train.checkpoint, "n_train": n_train, "n_val": len(val_bank),
