@@ -280,7 +280,7 @@ def test_ablation_table_over_strategies_and_seeds(demo_data, tmp_path):
 
     def rate(seed):
         folds = [out / f"curated-s{seed}" / f"fold_{k}" for k in (0, 1)]
-        return np.mean([json.loads((f / "done.json").read_text())["n_train"]
+        return np.mean([json.loads((f / "done.json").read_text())["epoch_clips"]
                         / pd.read_csv(f / "history.csv").train_seconds.median() for f in folds])
 
     assert table.train_clips_per_s[0] == pytest.approx(np.mean([rate(0), rate(1)]), rel=1e-3)

@@ -120,7 +120,8 @@ def training_rate(run: Run) -> float:
     rates = []
     for k in run.finished_folds():
         folder = run.fold_dir(k)
-        n_train = json.loads((folder / "done.json").read_text(encoding="utf-8"))["n_train"]
+        done = json.loads((folder / "done.json").read_text(encoding="utf-8"))
+        n_train = done.get("epoch_clips", done["n_train"])  # folds finished before it was recorded: their clips
         with open(folder / "history.csv", newline="", encoding="utf-8") as f:
             seconds = [float(r["train_seconds"]) for r in csv.DictReader(f)]
         rates.append(n_train / float(np.median(seconds)))

@@ -243,11 +243,12 @@ def run_fold(k: int, ctx: TrainingContext) -> FoldResult:
                          meta=_meta(ctx, k, train_bank), prefix=f"fold {k}  ", stream=k,
                          mixmatch=config.noisy.strategy == "mixmatch"), ctx)
     train_s = time.perf_counter() - start  # this session's share (a resumed fold trained before too)
-    return _predict_fold(k, ctx, trainer, val_bank, val_idx, n_train=len(train_bank), train_s=train_s)
+    return _predict_fold(k, ctx, trainer, val_bank, val_idx, n_train=len(train_bank), train_s=train_s,
+                         epoch_clips=sampler.batches_per_epoch * min(t.batch_size, len(train_bank)))
 
 
 def _predict_fold(k: int, ctx: TrainingContext, trainer: Trainer, val_bank: ClipBank, val_idx: np.ndarray, *,
-                  n_train: int, train_s: float) -> FoldResult:
+                  n_train: int, train_s: float, epoch_clips: int) -> FoldResult:
     """The trained fold's OOF and test predictions and its summary; done.json marks it complete."""
     run, config, folder = ctx.run, ctx.config, ctx.run.fold_dir(k)
     distributed.barrier()  # rank 0 wrote the checkpoint that every process loads
@@ -265,7 +266,8 @@ def _predict_fold(k: int, ctx: TrainingContext, trainer: Trainer, val_bank: Clip
     best = max((r for r in trainer.history if "val_lwlrap" in r), key=lambda r: r["val_lwlrap"])
     summary = {"fold": k, "val_lwlrap": lwlrap(val_bank.targets, oof), "epochs": trainer.epoch,
                "best_epoch": best["epoch"], "best_epoch_val_lwlrap": best["val_lwlrap"],
-               "checkpoint": config.train.checkpoint, "n_train": n_train, "n_val": len(val_bank),
+               "checkpoint": config.train.checkpoint, "n_train": n_train, "epoch_clips": epoch_clips,
+               "n_val": len(val_bank),
                "train_seconds": sum(r["seconds"] for r in trainer.history), "session_seconds": train_s,
                "tta_views": spec.views, "test_seconds_per_clip": test_s_per_clip}
     fsutil.write_text(folder / "done.json", json.dumps(summary, indent=2))  # last: marks the fold complete
