@@ -84,3 +84,19 @@ def test_the_best_checkpoint_holds_the_kept_weights(tmp_path):
     Checkpointer(tmp_path, meta={}).on_epoch_end(stub, {"epoch": 1, "val_lwlrap": 0.5})
     saved = torch.load(tmp_path / "best.pt", weights_only=True)["model"]
     assert torch.equal(saved["weight"], stub.kept_model.weight) and not torch.equal(saved["weight"], stub.model.weight)
+
+
+def test_each_epoch_validates_the_averaged_weights(demo_data, tmp_path, monkeypatch):
+    from audiotag.training import cv
+
+    validated = []
+    original = cv.predict_model
+
+    def recording(model, *args, **kwargs):
+        validated.append(any(p.requires_grad for p in model.parameters()))  # the average has none that learn
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(cv, "predict_model", recording)
+    train_tiny(demo_data, tmp_path / "ema", tmp_path / "cache", "train.ema_decay=0.9")
+    # 3 epochs x 2 folds of validation; the OOF/test predictions after each fold use a loaded model
+    assert validated[:3] == [False] * 3

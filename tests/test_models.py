@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from audiotag.config import ModelConfig
+from audiotag.config import ModelConfig, load_config
 from audiotag.errors import ConfigError
 from audiotag.models import MODELS, build_model, count_parameters
 
@@ -129,8 +129,9 @@ def test_band_context_blocks_restrict_the_receptive_field_over_bands(name):
     seen = {blocks: _bands_seen(model(blocks)) for blocks in (1, 2, 4, None)}
     assert seen[1] <= 17 + (1 if name == "resnet" else 0) < seen[2] < seen[4] == seen[None]
     with pytest.raises(ConfigError, match="band_context_blocks"):
-        from audiotag.config import load_config
         load_config(None, ["model.depth=2", "model.band_context_blocks=3"])
+    with pytest.raises(ConfigError, match="band_context_blocks"):
+        load_config(None, ["model.name=rnn", "model.band_context_blocks=1"])
 
 
 def test_a_band_restricted_cnn_learns_which_band_holds_the_tone():

@@ -34,7 +34,7 @@ class VGGBlock(nn.Sequential):
 
 
 class ResidualBlock(nn.Module):
-    """``convs`` (>= 1) pairs of 3x3 convolutions with identity shortcuts, then 2x2 pooling."""
+    """``convs`` (>= 1) pairs of convolutions (3x3, or ``kernel``) with identity shortcuts, then 2x2 pooling."""
 
     def __init__(self, cin: int, cout: int, *, convs: int, kernel: tuple[int, int] = FULL):
         super().__init__()
