@@ -20,7 +20,7 @@ LAYERS = (
     "errors", "version", "fsutil", "progress", "parallel", "metrics", "malloc", "mkl", "config", "plots",
     "audio", "data", "features", "models", "augment", "engine", "runs",
     "inference", "training", "ensemble", "predictor", "export", "report", "recipes",
-    "bench", "cli", "__main__", "__init__",
+    "bench", "cli", "launch", "__main__", "__init__",
 )
 
 
@@ -99,9 +99,14 @@ def cycles(graph) -> list[list[str]]:
     return found
 
 
+# The launcher sets the environment that torch reads when it loads, so it imports the CLI only then.
+DEFERS_BY_DESIGN = {"audiotag.launch"}
+
+
 def inner_imports(graph) -> list[str]:
     return [f"{module}:{line} imports {target} inside a function or block"
-            for module, imports in graph.items() for target, line, top in imports if not top]
+            for module, imports in graph.items() if module not in DEFERS_BY_DESIGN
+            for target, line, top in imports if not top]
 
 
 def test_every_unit_of_the_package_has_a_layer():

@@ -12,15 +12,39 @@ opt-in the CLI makes for itself: on AMD CPUs, MKL (torch's FFTs and float32 prod
 its kernels by instruction set; call it before any torch computation.
 """
 
-from .config import Config, load_config
-from .data.check import check_dataset, validate
-from .data.layouts import load_dataset
-from .errors import AudiotagError, AudioError, ConfigError, DataError, ValidationFailed
-from .features.cache import FeatureSet, FeatureStore, build_features
-from .mkl import unlock as use_fast_mkl
-from .predictor import Predictor, load_predictor
-from .version import __version__
+from __future__ import annotations
 
-__all__ = ["Config", "load_config", "check_dataset", "validate", "load_dataset", "build_features", "FeatureSet",
-           "FeatureStore", "AudiotagError", "AudioError", "ConfigError", "DataError", "ValidationFailed",
-           "use_fast_mkl", "load_predictor", "Predictor", "__version__"]
+import importlib
+
+# name -> module it comes from; imported on first use, so that ``import audiotag`` (and the
+# command's launcher) loads neither torch nor scikit-learn until something needs them
+_EXPORTS = {
+    "Config": "config", "load_config": "config",
+    "check_dataset": "data.check", "validate": "data.check",
+    "load_dataset": "data.layouts",
+    "AudiotagError": "errors", "AudioError": "errors", "ConfigError": "errors", "DataError": "errors",
+    "ValidationFailed": "errors",
+    "FeatureSet": "features.cache", "FeatureStore": "features.cache", "build_features": "features.cache",
+    "use_fast_mkl": "mkl",
+    "Predictor": "predictor", "load_predictor": "predictor",
+    "__version__": "version",
+}
+_RENAMED = {"use_fast_mkl": "unlock"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:  # a submodule, as the eager package offered them: audiotag.config
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,5 +1,3 @@
-import sys
+from .launch import entry_point
 
-from .cli import main
-
-sys.exit(main())
+entry_point()

@@ -74,16 +74,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"audiotag: internal error: {type(e).__name__}: {e}\n  the full traceback is in {path}; "
               "please report it with the command you ran", file=sys.stderr)
         return EXIT_INTERNAL
-
-
-def entry_point() -> None:
-    """Console script. On Linux it re-executes itself once with glibc's allocator told to keep freed
-    memory: otherwise every training step re-faults its buffers (measured in BENCHMARKS.md)."""
-    if (sys.platform.startswith("linux") and "MALLOC_MMAP_MAX_" not in os.environ
-            and not os.environ.get("AUDIOTAG_NO_REEXEC")):
-        env = dict(os.environ, MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="100000000000")
-        try:
-            os.execve(sys.executable, [sys.executable, "-m", "audiotag", *sys.argv[1:]], env)
-        except OSError:
-            pass
-    sys.exit(main())
