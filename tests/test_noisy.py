@@ -133,6 +133,11 @@ def test_pseudo_labels_from_a_teacher_run(demo_data, tmp_path):
     with pytest.raises(AudiotagError, match="other folds"):
         train_tiny(demo_data, tmp_path / "bad", tmp_path / "cache", "noisy.strategy=pseudo",
                    f"noisy.teacher={other.dir}")
+    # a teacher of fold 0 alone is enough for a student of fold 0 alone
+    half = train_tiny(demo_data, tmp_path / "half", tmp_path / "cache", "train.only_folds=[0]")
+    student0 = train_tiny(demo_data, tmp_path / "student0", tmp_path / "cache", "train.only_folds=[0]",
+                          "noisy.strategy=pseudo", f"noisy.teacher={half.dir}", "noisy.pseudo_rule=soft")
+    assert [p.name for p in (student0.dir / "pseudo").glob("teacher_fold_*.npy")] == ["teacher_fold_0.npy"]
 
 
 class _Clip:

@@ -83,8 +83,9 @@ def training_bank(features: FeatureSet, curated: list[Clip], curated_targets: np
 
 
 def teacher_predictions(teacher: Run, features: FeatureSet, clips: list[Clip], *, folds: Folds, device: torch.device,
-                        cache: Path, progress_log=print) -> dict[int, np.ndarray]:
-    """Each teacher fold model's probabilities for ``clips`` (clean windows, no TTA), cached in ``cache``."""
+                        cache: Path, progress_log=print, only: list[int] | None = None) -> dict[int, np.ndarray]:
+    """Each teacher fold model's probabilities for ``clips`` (clean windows, no TTA), cached in ``cache``;
+    ``only`` the folds listed, when given (a student of ``train.only_folds`` needs no others)."""
     teacher_folds = read_folds_csv(teacher.dir / "folds.csv")
     if teacher_folds.fold != folds.fold:
         raise AudiotagError(f"the teacher run {teacher.dir} used other folds than this run",
@@ -93,7 +94,7 @@ def teacher_predictions(teacher: Run, features: FeatureSet, clips: list[Clip], *
     config = teacher.config
     out = {}
     bank = ClipBank.from_features(features, clips)
-    for k in range(folds.n_folds):
+    for k in range(folds.n_folds) if only is None else only:
         path = cache / f"teacher_fold_{k}.npy"
         if path.exists() and np.load(path, mmap_mode="r").shape[0] == len(clips):
             out[k] = np.load(path)
@@ -196,7 +197,7 @@ class NoisyPlan:
         self.vocabulary = ds.vocabulary
         self.clips = noisy_clips(ds, config.noisy, seed=config.seed) if self.strategy != "none" else []
         self.given = ds.label_matrix(self.clips)
-        self._teacher: dict[int, np.ndarray] | None = None
+        self._teacher: dict[int, np.ndarray] = {}
         self.test_part = self._test_part(ds.split("test")) if self.cfg.test_predictions else None
 
     @property
@@ -234,12 +235,12 @@ class NoisyPlan:
 
     def _pseudo_part(self, k: int) -> NoisyPart:
         folder = self.run.dir / "pseudo"
-        if self._teacher is None:
+        if k not in self._teacher:
             teacher_dir = Path(self.cfg.teacher)
             if not (teacher_dir / "run.json").exists():
                 raise AudiotagError(f"noisy.teacher = {self.cfg.teacher} is not a run folder")
-            self._teacher = teacher_predictions(Run.open(teacher_dir), self.features, self.clips, folds=self.folds,
-                                                device=self.device, cache=folder, progress_log=self.run.log)
+            self._teacher |= teacher_predictions(Run.open(teacher_dir), self.features, self.clips, folds=self.folds,
+                                                 device=self.device, cache=folder, progress_log=self.run.log, only=[k])
         kept, targets = select_pseudo(self.given, self._teacher[k], self.cfg)
         fsutil.write_text(folder / f"selection_fold_{k}.csv",
                           _selection_csv(self.clips, self.vocabulary, self.given, kept, targets))
