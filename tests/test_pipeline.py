@@ -177,6 +177,36 @@ def test_a_pipeline_json_of_another_fingerprint_schema_is_re_run_and_says_so(str
     assert not only_new_defaults(recorded, {"data": vars(listed)}, defaults)
 
 
+DISTILLED = {"name": "distilled", "pseudo_labels": "blend", "teacher": "baseline",
+             "set": {"noisy.strategy": "pseudo", "noisy.pseudo_rule": "soft", "noisy.soft_alpha": 0.0,
+                     "noisy.batch_fraction": 0.2, "noisy.test_targets": "soft", "noisy.test_batch_fraction": 0.2}}
+
+
+def test_a_distillation_stage_learns_the_blend_on_test_clips_and_a_run_on_noisy_ones(straight_pipeline, demo_data,
+                                                                                   tmp_path):
+    """The stage README.md shows: one model from the blend's probabilities on every test clip and
+    the baseline's on every noisy clip."""
+    import shutil
+
+    _, straight, cache = straight_pipeline
+    out = tmp_path / "p"
+    shutil.copytree(straight, out)
+    recipe = json.loads(json.dumps(RECIPE))
+    recipe["stages"].append(DISTILLED)
+    assert run_cli(write_recipe(tmp_path / "recipe.yaml", recipe), demo_data, out, cache) == 0
+    noisy = yaml.safe_load((out / "distilled" / "config.yaml").read_text())["noisy"]
+    assert noisy["teacher"] == str((out / "baseline").resolve())
+    assert noisy["test_predictions"] == str((out / "blend" / "submission.csv").resolve())
+    test_rows = pd.read_csv(out / "distilled" / "test_pseudo_labels.csv")
+    assert len(test_rows) == len(pd.read_csv(demo_data / "sample_submission.csv")) and test_rows.kept.all()
+    n_noisy = len(pd.read_csv(demo_data / "train_noisy.csv"))
+    for k in (0, 1):  # every noisy clip kept, targets from the baseline's fold-k model
+        selection = pd.read_csv(out / "distilled" / "pseudo" / f"selection_fold_{k}.csv")
+        assert len(selection) == n_noisy and selection.kept.all()
+        assert np.load(out / "distilled" / "pseudo" / f"teacher_fold_{k}.npy").shape[0] == n_noisy
+    assert (out / "submission.csv").read_bytes() == (out / "distilled" / "test_predictions.csv").read_bytes()
+
+
 def test_a_stage_pseudo_labels_the_test_set_with_a_blend_and_joins_the_final_blend(straight_pipeline, demo_data,
                                                                                   tmp_path, capsys):
     import shutil
