@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from audiotag.augment import Gain, Mixup, SpecAugment, TimeShift, build_transforms
-from audiotag.augment.spec import FreqMixStyle, FreqShift, RandomEQ, ResizedCrop, TimeStretch
+from audiotag.augment.spec import FreqMixStyle, FreqShift, RandomEQ, ResizedCrop, SpecMix, TimeStretch
 from audiotag.config import AugmentConfig
 
 
@@ -25,6 +25,7 @@ TRANSFORMS = {
     "stretch": lambda s: TimeStretch(max_change=0.25, seed=s),
     "resized_crop": lambda s: ResizedCrop(min_scale=0.6, seed=s),
     "freq_mixstyle": lambda s: FreqMixStyle(prob=1.0, alpha=0.3, seed=s),
+    "specmix": lambda s: SpecMix(prob=1.0, seed=s),
 }
 
 
@@ -241,10 +242,32 @@ def test_freq_mixstyle_gives_each_band_the_mixed_statistics_and_keeps_targets():
     assert torch.equal(never(x, y)[0], x)
 
 
+def test_specmix_takes_the_other_crops_stripes_and_weights_targets_by_area():
+    b, f, t = 4, 16, 40
+    x = torch.arange(b, dtype=torch.float32)[:, None, None, None].expand(b, 2, f, t).clone()  # crop i is all i
+    y = torch.eye(b)
+    mix = SpecMix(prob=1.0, seed=0)
+    params = mix.sample(x)
+    out, out_y = mix.apply(x, y, params)
+    mask, perm = params["mask"], params["perm"]
+    for i in range(b):
+        rows, cols = mask[i].all(dim=1), mask[i].all(dim=0)  # the bands taken whole
+        # whole stripes: the union of 1-3 bands of rows and 1-3 of columns, each at most an eighth + 1
+        assert torch.equal(mask[i], rows[:, None] | cols[None, :])
+        assert 0 < rows.sum() <= 3 * (f // 8 + 1) and 0 < cols.sum() <= 3 * (t // 8 + 1)
+        assert torch.equal(out[i], torch.where(mask[i], float(perm[i]), float(i)).expand(2, f, t))
+        share = mask[i].float().mean()
+        expected = (1 - share) * y[i] + share * y[perm[i]]
+        torch.testing.assert_close(out_y[i], expected)
+    torch.testing.assert_close(out_y.sum(dim=1), torch.ones(b))  # weights add up to one
+    never = SpecMix(prob=0.0, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(never(x, y), (x, y)))
+
+
 def test_config_switches_the_resized_crop_and_freq_mixstyle_on():
     names = [type(t).__name__ for t in build_transforms(
-        AugmentConfig(resized_crop_min=0.8, freq_mixstyle_prob=0.5), seed=0)]
-    assert names == ["TimeShift", "Gain", "ResizedCrop", "FreqMixStyle", "SpecAugment", "Mixup"]
-    wave = [type(t).__name__ for t in build_transforms(AugmentConfig(resized_crop_min=0.8, freq_mixstyle_prob=0.5),
-                                                      seed=0, channels=["waveform"])]
-    assert "ResizedCrop" not in wave and "FreqMixStyle" not in wave
+        AugmentConfig(resized_crop_min=0.8, freq_mixstyle_prob=0.5, specmix_prob=0.3), seed=0)]
+    assert names == ["TimeShift", "Gain", "ResizedCrop", "FreqMixStyle", "SpecMix", "SpecAugment", "Mixup"]
+    wave = [type(t).__name__ for t in build_transforms(
+        AugmentConfig(resized_crop_min=0.8, freq_mixstyle_prob=0.5, specmix_prob=0.3), seed=0, channels=["waveform"])]
+    assert "ResizedCrop" not in wave and "FreqMixStyle" not in wave and "SpecMix" not in wave

@@ -162,9 +162,9 @@ class AugmentConfig:
     time_shift: bool = True  # circular shift of each crop
     # Random resized crop: zoom into this share (to 1, per axis) of each crop's frames and bands; 1 = off
     resized_crop_min: float = field(default=1.0, metadata=_range(0.1, 1.0))
-    # Frequency-wise MixStyle: a crop takes a Beta(alpha, alpha) mix of its and another's band statistics
-    freq_mixstyle_prob: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    freq_mixstyle_prob: float = field(default=0.0, metadata=_range(0.0, 1.0))  # frequency-wise MixStyle
     freq_mixstyle_alpha: float = field(default=0.3, metadata=_range(0.0))
+    specmix_prob: float = field(default=0.0, metadata=_range(0.0, 1.0))  # share of crops given another's bands
 
 
 @dataclass

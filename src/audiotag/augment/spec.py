@@ -217,6 +217,38 @@ class FreqMixStyle(_Transform):
         return torch.where(lam == 1, x, mixed), y  # unmixed crops stay bit-identical
 
 
+class SpecMix(_Transform):
+    """With probability ``prob``, a crop takes 1-3 time bands and 1-3 frequency bands, each up to an
+    eighth of its axis, from another crop of the batch (SpecMix, Kim et al. 2021: CutMix with the
+    stripes SpecAugment masks). Its targets are both crops' weighted by the area each shows."""
+
+    max_bands, max_share = 3, 1 / 8
+
+    def __init__(self, *, prob: float, seed: int):
+        super().__init__(seed=seed)
+        self.prob = prob
+
+    def _stripes(self, b: int, n: int) -> torch.Tensor:
+        """``(B, n)`` bool: 1 to ``max_bands`` random stripes of up to ``max_share * n`` along an axis."""
+        count = torch.randint(1, self.max_bands + 1, (b, 1), generator=self.generator)
+        width = (self._uniform(b, self.max_bands) * self.max_share * n).long() + 1
+        start = (self._uniform(b, self.max_bands) * (n - width + 1)).long()
+        pos = torch.arange(n)[None, None, :]
+        inside = (pos >= start[..., None]) & (pos < (start + width)[..., None])
+        return (inside & (torch.arange(self.max_bands)[None, :, None] < count[..., None])).any(dim=1)
+
+    def sample(self, x):
+        b, _, f, t = x.shape
+        use = self._uniform(b) < self.prob
+        mask = self._stripes(b, f)[:, :, None] | self._stripes(b, t)[:, None, :]  # (B, F, T)
+        return {"mask": mask & use[:, None, None], "perm": torch.randperm(b, generator=self.generator)}
+
+    def apply(self, x, y, params):
+        mask, perm = params["mask"], params["perm"]
+        share = mask.float().mean(dim=(1, 2))[:, None]  # of the other crop, per crop
+        return torch.where(mask[:, None], x[perm], x), (1 - share) * y + share * y[perm]
+
+
 class Mixup(_Transform):
     """With probability ``prob``, mixes the batch with a shuffled copy of itself:
     ``x = lam * x + (1 - lam) * x[perm]``, ``lam ~ Beta(alpha, alpha)`` per clip. Targets are mixed
@@ -265,7 +297,7 @@ class Mixup(_Transform):
 
 def build_transforms(cfg: AugmentConfig, *, seed: int, channels: list[str] | None = None) -> list[_Transform]:
     """The enabled transforms in application order: shift, gain, EQ, band shift, stretch, resized
-    crop, band-statistics mixing, masks, mixup.
+    crop, band-statistics mixing, SpecMix, masks, mixup.
 
     ``channels`` names the input channels (``features.frontend.channel_names``): gain and EQ move
     only the dB ones, and a raw waveform gets a linear gain and no band-wise transforms."""
@@ -286,6 +318,8 @@ def build_transforms(cfg: AugmentConfig, *, seed: int, channels: list[str] | Non
         out.append(ResizedCrop(min_scale=cfg.resized_crop_min, seed=seed * 10 + 8))
     if cfg.freq_mixstyle_prob > 0 and cfg.freq_mixstyle_alpha > 0 and not waveform:
         out.append(FreqMixStyle(prob=cfg.freq_mixstyle_prob, alpha=cfg.freq_mixstyle_alpha, seed=seed * 10 + 9))
+    if cfg.specmix_prob > 0 and not waveform:
+        out.append(SpecMix(prob=cfg.specmix_prob, seed=seed * 10))
     freq_masks = 0 if waveform else cfg.freq_masks
     if (cfg.time_masks and cfg.time_mask_frames) or (freq_masks and cfg.freq_mask_bins):
         out.append(SpecAugment(time_masks=cfg.time_masks, time_mask_frames=cfg.time_mask_frames,
