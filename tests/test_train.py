@@ -24,9 +24,10 @@ from audiotag.training.train import resume, train
 
 from conftest import shared_path
 
-TINY = ["model.width=8", "model.depth=2", "model.convs_per_block=1", "train.epochs=3", "train.folds=2",
-        "train.crop_seconds=1.0", "train.batch_size=8", "train.precision=fp32", "predict.tta_views=1",
-        "data.num_workers=1"]
+# Validating every epoch: the tests follow each epoch's validation (the default validates every 5th)
+TINY = ["model.width=8", "model.depth=2", "model.convs_per_block=1", "train.epochs=3", "train.validate_every=1",
+        "train.folds=2", "train.crop_seconds=1.0", "train.batch_size=8", "train.precision=fp32",
+        "predict.tta_views=1", "data.num_workers=1"]
 
 
 def tiny(*extra):

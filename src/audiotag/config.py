@@ -119,7 +119,7 @@ class TrainConfig:
     # The seed of the fold split (null = seed): a seed ensemble sets seed and keeps fold_seed, so its
     # runs share folds and can be blended by nested CV.
     fold_seed: int | None = field(default=None, metadata=_range(0, MAX_SEED))
-    epochs: int = field(default=200, metadata=_range(1, 10000))
+    epochs: int = field(default=300, metadata=_range(1, 10000))
     batch_size: int = field(default=32, metadata=_range(1, 4096))
     crop_seconds: float = field(default=3.0, metadata=_range(0.1, 600.0))
     pad_mode: Literal["wrap", "constant"] = "wrap"
@@ -134,7 +134,7 @@ class TrainConfig:
     channels_last: bool = True
     early_stopping_patience: int = field(default=0, metadata=_range(0))  # validations without improvement; 0 = off
     checkpoint: Literal["best", "last"] = "best"  # which weights predict
-    validate_every: int = field(default=1, metadata=_range(1, 10000))  # epochs; the last epoch always validates
+    validate_every: int = field(default=5, metadata=_range(1, 10000))  # epochs; the last epoch always validates
     # Validate and keep a moving average of the weights, updated every step; 0 = off, 0.999 ~ 1,000 steps
     ema_decay: float = field(default=0.0, metadata=_range(0.0, 0.99999))
     device: Literal["auto", "cpu", "cuda"] = "auto"
