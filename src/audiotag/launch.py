@@ -2,9 +2,9 @@
 
 torch's CPU build runs its threads with GNU OpenMP, whose idle threads spin for up to 300,000
 iterations before they sleep. On a machine with another busy process that spinning takes the core
-the other threads wait for: on 2 cores a busy loop cut training from 316 to 107 clips/s, and two
-training runs at once fell to 70-90 clips/s each. With a spin count of 1,000 the same cases train
-at 157 and 157+157 clips/s, a fair share, while a run alone keeps its speed (BENCHMARKS.md).
+the other threads wait for: on 2 cores a busy loop cut training from ~314 to ~103 clips/s, and two
+training runs at once fell to 31-66 clips/s each. With a spin count of 1,000 the same cases train
+at ~159 and ~155+155 clips/s, a fair share, while a run alone keeps its speed (BENCHMARKS.md).
 The wait policy changes no result: threads split the work the same way whether they spin or sleep.
 
 libgomp reads ``GOMP_SPINCOUNT`` once, when torch loads it, so the command sets it before its
