@@ -4,6 +4,7 @@ import torch
 from audiotag.config import ModelConfig, load_config
 from audiotag.errors import ConfigError
 from audiotag.models import MODELS, build_model, count_parameters
+from audiotag.models.cnn import InvertedResidualBlock
 
 
 SPECTRAL = sorted(set(MODELS) - {"wavecnn"})
@@ -79,7 +80,7 @@ def test_width_depth_and_convs_are_parameters_not_variants():
     assert capped.head[1].in_features == 128
 
 
-@pytest.mark.parametrize("name", ["vgg", "resnet", "crnn", "wavecnn"])
+@pytest.mark.parametrize("name", ["vgg", "resnet", "mobilenet", "crnn", "wavecnn"])
 def test_channels_last_gives_the_same_function(name):
     torch.manual_seed(0)
     a = build_model(ModelConfig(name=name, width=8, depth=2), in_channels=1, n_mels=32, n_classes=4).eval()
@@ -88,6 +89,23 @@ def test_channels_last_gives_the_same_function(name):
     b.use_channels_last()
     x = torch.randn(3, 1, 32, 50)
     torch.testing.assert_close(a(x)["logits"], b(x)["logits"], atol=1e-5, rtol=1e-4)
+
+
+def test_inverted_residual_units_expand_filter_each_channel_alone_and_start_as_identity():
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 8, 6)
+    same = InvertedResidualBlock(16, 16, convs=2).eval()
+    depthwise = [m for m in same.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert [(m.in_channels, m.out_channels, m.groups) for m in depthwise] == [(64, 64, 64)] * 2
+    assert same.residual == [True, True]
+    torch.testing.assert_close(same(x), torch.nn.functional.avg_pool2d(x, 2))  # zero-initialised branches
+    wider = InvertedResidualBlock(16, 32, convs=2).eval()  # the first unit widens, so it has no shortcut
+    assert wider.residual == [False, True] and wider(x).shape == (2, 32, 4, 3)
+    assert [m.out_channels for m in wider.units[0] if isinstance(m, torch.nn.Conv2d)] == [64, 64, 32]
+    stem = InvertedResidualBlock(1, 16, convs=2, stem=True)  # a full 3x3 conv reads the raw channels
+    assert isinstance(stem.stem[0], torch.nn.Conv2d) and stem.stem[0].groups == 1 and len(stem.units) == 1
+    model = build_model(ModelConfig(name="mobilenet", width=8, depth=3), in_channels=1, n_mels=16, n_classes=3)
+    assert [len(block.units) for block in model.blocks] == [0, 1, 1]
 
 
 def test_dropout_only_in_training():
@@ -114,7 +132,7 @@ def _bands_seen(model, bands=64):
     return int((x.grad.abs().sum(dim=(0, 1, 3)) > 0).nonzero().max()) + 1
 
 
-@pytest.mark.parametrize("name", ["vgg", "resnet", "crnn"])
+@pytest.mark.parametrize("name", ["vgg", "resnet", "mobilenet", "crnn"])
 def test_band_context_blocks_restrict_the_receptive_field_over_bands(name):
     def model(blocks):
         torch.manual_seed(0)
@@ -134,9 +152,10 @@ def test_band_context_blocks_restrict_the_receptive_field_over_bands(name):
         load_config(None, ["model.name=rnn", "model.band_context_blocks=1"])
 
 
-def test_a_band_restricted_cnn_learns_which_band_holds_the_tone():
+@pytest.mark.parametrize("name", ["vgg", "mobilenet"])
+def test_a_band_restricted_cnn_learns_which_band_holds_the_tone(name):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name="vgg", width=8, depth=3, band_context_blocks=1, dropout=0.0),
+    model = build_model(ModelConfig(name=name, width=8, depth=3, band_context_blocks=1, dropout=0.0),
                         in_channels=1, n_mels=32, n_classes=4)
     g = torch.Generator().manual_seed(1)
     labels = torch.randint(0, 4, (256,), generator=g)

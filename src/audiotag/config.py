@@ -89,15 +89,15 @@ class DataConfig:
 class ModelConfig:
     """The network: a registry name and the knobs every architecture shares."""
 
-    # vgg, resnet: log-mel CNNs; crnn: CNN blocks then a recurrent layer over time; rnn: recurrent
-    # layers over log-mel frames; wavecnn: raw-waveform 1D CNN stem then CNN blocks (EnvNet-v2-like,
-    # needs features.kind=waveform).
-    name: Literal["vgg", "resnet", "crnn", "rnn", "wavecnn"] = "vgg"
+    # vgg, resnet, mobilenet (inverted residuals): log-mel CNNs; crnn: CNN blocks then a recurrent
+    # layer over time; rnn: recurrent layers over log-mel frames; wavecnn: raw-waveform 1D CNN stem
+    # then CNN blocks (EnvNet-v2-like, needs features.kind=waveform).
+    name: Literal["vgg", "resnet", "mobilenet", "crnn", "rnn", "wavecnn"] = "vgg"
     width: int = field(default=32, metadata=_range(4, 1024))  # channels of the first block, doubled per block
     depth: int = field(default=4, metadata=_range(1, 8))  # blocks, each halving time and frequency
     convs_per_block: int = field(default=1, metadata=_range(1, 4))
     max_width: int = field(default=512, metadata=_range(4, 4096))
-    # vgg/resnet/crnn: blocks after the first N see one band at a time (1x3 kernels, CP-ResNet); null = all 3x3
+    # vgg/resnet/mobilenet/crnn: blocks after the first N see one band at a time (1x3 kernels, CP-ResNet); null = all 3x3
     band_context_blocks: int | None = field(default=None, metadata=_range(0, 8))
     dropout: float = field(default=0.2, metadata=_range(0.0, 0.95))
     # How frames become a clip: avgmax (mean + max over time) or attention (per-class attention

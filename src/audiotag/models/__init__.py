@@ -8,10 +8,10 @@ from torch import nn
 
 from ..config import Config, ModelConfig
 from ..errors import ConfigError
-from .cnn import CRNN, RecurrentTagger, ResNetCNN, VGGCNN, WaveCNN
+from .cnn import CRNN, MobileNetCNN, RecurrentTagger, ResNetCNN, VGGCNN, WaveCNN
 
-MODELS: dict[str, type[nn.Module]] = {"vgg": VGGCNN, "resnet": ResNetCNN, "crnn": CRNN, "rnn": RecurrentTagger,
-                                      "wavecnn": WaveCNN}
+MODELS: dict[str, type[nn.Module]] = {"vgg": VGGCNN, "resnet": ResNetCNN, "mobilenet": MobileNetCNN, "crnn": CRNN,
+                                      "rnn": RecurrentTagger, "wavecnn": WaveCNN}
 
 
 def build_model(cfg: ModelConfig, *, in_channels: int, n_mels: int, n_classes: int) -> nn.Module:

@@ -3,8 +3,9 @@
 The CNNs share the input normalisation (a BatchNorm per channel and mel band, PANNs' ``bn0``) and
 the head (mean over frequency, then average + max over time and a two-layer classifier, or
 per-class attention over time), and differ only in their blocks: plain stacks of 3x3 conv-BN-ReLU
-(VGG) or residual pairs (ResNet). Every block halves time and frequency with 2x2 average pooling
-and doubles the width up to ``max_width``. The CRNN adds a recurrent layer before the head; the
+(VGG), residual pairs (ResNet) or inverted residuals with depthwise convolutions (MobileNetV2).
+Every block halves time and frequency with 2x2 average pooling and doubles the width up to
+``max_width``. The CRNN adds a recurrent layer before the head; the
 recurrent tagger and the raw-waveform CNN are other families, for ensembles.
 """
 
@@ -51,6 +52,41 @@ class ResidualBlock(nn.Module):
         x = self.project(x)
         for pair in self.pairs:
             x = self.relu(x + pair(x))
+        return self.pool(x)
+
+
+class InvertedResidualBlock(nn.Module):
+    """``convs`` (>= 1) MobileNetV2 units, then 2x2 pooling. A unit expands its input 4x with a 1x1
+    convolution, filters each expanded channel alone (depthwise 3x3, or ``kernel``) and projects back
+    with a 1x1; units that keep the width add their input (identity shortcut). The block that reads
+    the raw feature channels (``stem``) has a full convolution as its first unit (MobileNets' stem):
+    expanding one to three channels would give the depthwise filters nothing to mix."""
+
+    EXPANSION = 4
+
+    def __init__(self, cin: int, cout: int, *, convs: int, kernel: tuple[int, int] = FULL, stem: bool = False):
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn_relu(cin, cout, kernel)) if stem else nn.Identity()
+        units = []
+        for i in range(convs - 1 if stem else convs):
+            c_in = cout if stem or i > 0 else cin
+            hidden = self.EXPANSION * c_in
+            units.append(nn.Sequential(
+                nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+                nn.Conv2d(hidden, hidden, kernel, padding=(kernel[0] // 2, kernel[1] // 2), groups=hidden, bias=False),
+                nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+                nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)))
+        self.units = nn.ModuleList(units)
+        self.residual = [unit[0].in_channels == cout for unit in units]
+        for unit, residual in zip(self.units, self.residual):
+            if residual:  # start each residual branch at zero, as in the ResNet blocks
+                nn.init.zeros_(unit[-1].weight)
+        self.pool = nn.AvgPool2d(2, ceil_mode=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for unit, residual in zip(self.units, self.residual):
+            x = x + unit(x) if residual else unit(x)
         return self.pool(x)
 
 
@@ -112,7 +148,7 @@ class _AudioCNN(nn.Module):
         blocks, cin = [], in_channels
         for i, cout in enumerate(widths):
             kernel = FULL if band_context_blocks is None or i < band_context_blocks else TIME_ONLY
-            blocks.append(self.block(cin, cout, convs=convs_per_block, kernel=kernel))
+            blocks.append(self.make_block(i, cin, cout, convs=convs_per_block, kernel=kernel))
             cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.recurrent = Recurrent(cin, **recurrent) if recurrent else None
@@ -122,6 +158,9 @@ class _AudioCNN(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m.weight.abs().sum() > 0:
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+
+    def make_block(self, index: int, cin: int, cout: int, **kw) -> nn.Module:
+        return self.block(cin, cout, **kw)
 
     def use_channels_last(self) -> "_AudioCNN":
         """Store convolutions NHWC: oneDNN's faster layout on CPUs (a 64-clip training step of the
@@ -149,6 +188,16 @@ class VGGCNN(_AudioCNN):
 
 class ResNetCNN(_AudioCNN):
     block = ResidualBlock
+
+
+class MobileNetCNN(_AudioCNN):
+    """Inverted residual blocks (MobileNetV2, as EfficientAT scales them down for audio tagging):
+    most of the arithmetic goes to 1x1 convolutions, the matrix products CPUs run best."""
+
+    block = InvertedResidualBlock
+
+    def make_block(self, index: int, cin: int, cout: int, **kw) -> nn.Module:
+        return self.block(cin, cout, stem=index == 0, **kw)
 
 
 class CRNN(VGGCNN):
