@@ -92,7 +92,7 @@ class ModelConfig:
     # vgg, resnet, mobilenet (inverted residuals): log-mel CNNs; crnn: CNN blocks then a recurrent
     # layer over time; rnn: recurrent layers over log-mel frames; wavecnn: raw-waveform 1D CNN stem
     # then CNN blocks (EnvNet-v2-like, needs features.kind=waveform).
-    name: Literal["vgg", "resnet", "mobilenet", "crnn", "rnn", "wavecnn"] = "vgg"
+    name: Literal["vgg", "resnet", "mobilenet", "crnn", "rnn", "wavecnn"] = "mobilenet"
     width: int = field(default=32, metadata=_range(4, 1024))  # channels of the first block, doubled per block
     depth: int = field(default=4, metadata=_range(1, 8))  # blocks, each halving time and frequency
     convs_per_block: int = field(default=1, metadata=_range(1, 4))
@@ -119,7 +119,7 @@ class TrainConfig:
     # The seed of the fold split (null = seed): a seed ensemble sets seed and keeps fold_seed, so its
     # runs share folds and can be blended by nested CV.
     fold_seed: int | None = field(default=None, metadata=_range(0, MAX_SEED))
-    epochs: int = field(default=300, metadata=_range(1, 10000))
+    epochs: int = field(default=200, metadata=_range(1, 10000))
     batch_size: int = field(default=32, metadata=_range(1, 4096))
     crop_seconds: float = field(default=3.0, metadata=_range(0.1, 600.0))
     pad_mode: Literal["wrap", "constant"] = "wrap"
