@@ -139,9 +139,12 @@ def _table(path):
 
 
 def test_torchrun_two_processes_match_one_within_tolerance(demo_data, tmp_path):
-    sets = [a for s in TINY + ["train.threads=1"] for a in ("--set", s)]
+    # The tolerance below is the VGG's: the MobileNet's three batch norms per unit make the two
+    # processes' half-batch statistics part further (mean difference 0.031 measured), not the wiring.
+    settings = ["train.threads=1", "model.name=vgg"]
+    sets = [a for s in TINY + settings for a in ("--set", s)]
     common = ["--data", str(demo_data), "--cache-dir", str(tmp_path / "cache"), "-q", *sets]
-    one = train(DataSpec(root=str(demo_data)), tiny("train.threads=1"), out=tmp_path / "one",
+    one = train(DataSpec(root=str(demo_data)), tiny(*settings), out=tmp_path / "one",
                 cache_dir=tmp_path / "cache", progress=False)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "audiotag", "train", "--out", str(tmp_path / "two"), *common]

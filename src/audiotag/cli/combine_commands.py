@@ -118,7 +118,7 @@ def add_ablate(subs, shared: Shared) -> None:
         "joint_bootstrap, joint_lq, joint_drop, pretrain, pseudo_agree, pseudo_relabel, pseudo_soft, mixmatch. "
         "Inputs and models: logmel, logmel_deltas, mfcc, cqt, logmel_phase, logmel_chroma, logmel_freqpos, "
         "logmel_denoised, pcen, wavecnn, crnn, rnn, attention, resnet. Levers for unseen recordings ('levers'): "
-        "curated, ema, resized_crop, freq_mixstyle, specmix, band_context2, band_context2_w48, mobilenet. Re-running "
+        "curated, ema, resized_crop, freq_mixstyle, specmix, band_context2, band_context2_w48, vgg. Re-running "
         "continues where it stopped.",
         "audiotag ablate --data .bench/small --out runs/ablation --seeds 0,1 --set train.epochs=40\n"
         "audiotag ablate --data .bench/small --out runs/inputs --variants representations --seeds 0\n"

@@ -70,7 +70,7 @@ LEVERS: dict[str, dict[str, object]] = {
     "specmix": {"augment.specmix_prob": 0.3},
     "band_context2": {"model.band_context_blocks": 2},
     "band_context2_w48": {"model.band_context_blocks": 2, "model.width": 48},
-    "mobilenet": {"model.name": "mobilenet"},
+    "vgg": {"model.name": "vgg"},  # the default family until 2026-12-05
 }
 DEFAULT_LEVERS = ("curated", *LEVERS)
 VARIANTS: dict[str, dict[str, object]] = {**STRATEGIES, **{k: {"noisy.strategy": "none", **v}
