@@ -139,8 +139,8 @@ def _table(path):
 
 
 def test_torchrun_two_processes_match_one_within_tolerance(demo_data, tmp_path):
-    # The tolerance below is the VGG's: the MobileNet's three batch norms per unit make the two
-    # processes' half-batch statistics part further (mean difference 0.031 measured), not the wiring.
+    # The tolerance below was set for the VGG; with the MobileNet the mean difference measured 0.031
+    # (likely its three batch norms per unit, each normalising a half batch), not a wiring fault.
     settings = ["train.threads=1", "model.name=vgg"]
     sets = [a for s in TINY + settings for a in ("--set", s)]
     common = ["--data", str(demo_data), "--cache-dir", str(tmp_path / "cache"), "-q", *sets]

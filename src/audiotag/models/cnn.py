@@ -5,8 +5,8 @@ the head (mean over frequency, then average + max over time and a two-layer clas
 per-class attention over time), and differ only in their blocks: plain stacks of 3x3 conv-BN-ReLU
 (VGG), residual pairs (ResNet) or inverted residuals with depthwise convolutions (MobileNetV2).
 Every block halves time and frequency with 2x2 average pooling and doubles the width up to
-``max_width``. The CRNN adds a recurrent layer before the head; the
-recurrent tagger and the raw-waveform CNN are other families, for ensembles.
+``max_width``. The CRNN adds a recurrent layer before the head; the recurrent tagger and the
+raw-waveform CNN are other families, for ensembles.
 """
 
 from __future__ import annotations
