@@ -16,8 +16,10 @@ import pytest
 
 from audiotag import cli
 from audiotag.config import load_config
+from audiotag.data.layouts import load_dataset
 from audiotag.engine.callbacks import History
 from audiotag.errors import AudiotagError
+from audiotag.metrics import lwlrap
 from audiotag.training import batches as inputs
 from audiotag.runs import DataSpec, Run
 from audiotag.training.train import resume, train
@@ -54,6 +56,11 @@ def test_a_run_folder_has_everything(demo_data, tmp_path):
     scores = json.loads((d / "scores.json").read_text())
     assert scores["n_folds"] == 2 and len(scores["fold_lwlrap"]) == 2 and 0 < scores["oof_lwlrap"] <= 1
     assert 0 < scores["test_lwlrap"] <= 1
+    ds = load_dataset(demo_data, audio=False)
+    truth = ds.label_matrix(ds.split("test"))
+    for k in (0, 1):  # each fold model alone, scored on the test labels
+        alone = lwlrap(truth, np.load(d / f"fold_{k}" / "test.npy"))
+        assert scores["fold_test_lwlrap"][k] == pytest.approx(alone, abs=1e-9)
     assert run.config == tiny() and run.info["status"] == "done" and run.info["precision"] == "fp32"
     with open(d / "oof_predictions.csv", newline="") as f:
         rows = list(csv.reader(f))

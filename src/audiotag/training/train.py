@@ -143,6 +143,9 @@ def _finish(run: Run, scores: dict, *, seconds: float) -> Run:
     text = f"OOF lwlrap {scores['oof_lwlrap']:.4f} (folds {scores['fold_lwlrap_mean']:.4f} ± {scores['fold_lwlrap_std']:.4f})"
     if "test_lwlrap" in scores:
         text += f"; test lwlrap {scores['test_lwlrap']:.4f}"
+        if len(scores.get("fold_test_lwlrap", [])) > 1:
+            each = scores["fold_test_lwlrap"]
+            text += f" (fold models alone {min(each):.4f}-{max(each):.4f}, mean {sum(each) / len(each):.4f})"
     run.log(text)
     if (run.dir / "test_predictions.csv").exists():
         run.log(f"test predictions (Kaggle format): {run.dir / 'test_predictions.csv'}")
