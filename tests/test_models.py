@@ -108,6 +108,38 @@ def test_inverted_residual_units_expand_filter_each_channel_alone_and_start_as_i
     assert [len(block.units) for block in model.blocks] == [0, 1, 1]
 
 
+@pytest.mark.parametrize("kernel", [(3, 3), (1, 3)])
+def test_a_strided_mobilenet_downsamples_in_its_first_convolution(kernel):
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 9, 7)
+    block = InvertedResidualBlock(16, 32, convs=2, kernel=kernel, strided=True).eval()
+    strides = [m.stride for m in block.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == kernel]
+    assert strides == [(2, 2), (1, 1)] and block.residual == [False, True]
+    assert isinstance(block.pool, torch.nn.Identity) and block(x).shape == (2, 32, 5, 4)  # as 2x2 pooling, ceil
+    stem = InvertedResidualBlock(1, 16, convs=2, kernel=kernel, stem=True, strided=True).eval()
+    assert stem.stem[0].stride == (2, 2) and stem.residual == [True]  # the unit after the stem keeps the size
+    same = InvertedResidualBlock(16, 16, convs=1, strided=True)  # a unit that halves the size has no shortcut
+    assert same.residual == [False]
+
+    def model(downsample):
+        torch.manual_seed(0)
+        return build_model(ModelConfig(name="mobilenet", width=8, depth=3, downsample=downsample),
+                           in_channels=1, n_mels=64, n_classes=3).eval()
+
+    pooled, strided = model("pool"), model("stride")
+    assert count_parameters(pooled) == count_parameters(strided)
+    frames = torch.randn(2, 1, 64, 45)
+    assert pooled.frames(frames).shape == strided.frames(frames).shape == (2, 32, 6)
+    assert not any(isinstance(m, torch.nn.AvgPool2d) for m in strided.modules())
+    with pytest.raises(ConfigError, match="downsample = stride needs model.name mobilenet"):
+        load_config(None, ["model.name=vgg", "model.downsample=stride"])
+    with pytest.raises(ConfigError, match="would drop every other band"):  # a 1x3 kernel striding over bands
+        load_config(None, ["model.band_context_blocks=1", "model.downsample=stride"])
+    torch.manual_seed(0)
+    _learns_which_band_holds_the_tone(build_model(ModelConfig(name="mobilenet", width=8, depth=3, dropout=0.0,
+                                                              downsample="stride"), in_channels=1, n_mels=32, n_classes=4))
+
+
 def test_dropout_only_in_training():
     model = build_model(ModelConfig(width=8, depth=2, dropout=0.5), in_channels=1, n_mels=16, n_classes=3)
     x = torch.randn(4, 1, 16, 20)
@@ -155,8 +187,11 @@ def test_band_context_blocks_restrict_the_receptive_field_over_bands(name):
 @pytest.mark.parametrize("name", ["vgg", "mobilenet"])
 def test_a_band_restricted_cnn_learns_which_band_holds_the_tone(name):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=name, width=8, depth=3, band_context_blocks=1, dropout=0.0),
-                        in_channels=1, n_mels=32, n_classes=4)
+    _learns_which_band_holds_the_tone(build_model(ModelConfig(name=name, width=8, depth=3, band_context_blocks=1,
+                                                              dropout=0.0), in_channels=1, n_mels=32, n_classes=4))
+
+
+def _learns_which_band_holds_the_tone(model):
     g = torch.Generator().manual_seed(1)
     labels = torch.randint(0, 4, (256,), generator=g)
     x = torch.randn(256, 1, 32, 24, generator=g)

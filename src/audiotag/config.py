@@ -61,8 +61,7 @@ class FeatureConfig:
     db_reference: Literal["max", "absolute"] = "max"
     top_db: float | None = field(default=80.0, metadata=_range(0.0, lo_open=True))
     amin: float = field(default=1e-10, metadata=_range(0.0, 1.0, lo_open=True))
-    # Adds delta and delta-delta channels of the log-mel right after it (librosa.feature.delta,
-    # Savitzky-Golay, width frames).
+    # Delta and delta-delta channels right after the log-mel (librosa.feature.delta, width frames).
     deltas: bool = False
     delta_width: int = field(default=9, metadata=_range(3, 99))
     # The input channels, stacked in this order, each n_mels high: logmel, mfcc, chroma, cqt
@@ -79,10 +78,8 @@ class FeatureConfig:
 class DataConfig:
     """How datasets are read and validated."""
 
-    # Leave out clips that fail validation instead of stopping (they are listed in the run).
-    skip_bad: bool = False
-    # Processes for decoding and feature extraction; 0 means one per CPU core.
-    num_workers: int = field(default=0, metadata=_range(0, 256))
+    skip_bad: bool = False  # leave out clips that fail validation (listed in the run) instead of stopping
+    num_workers: int = field(default=0, metadata=_range(0, 256))  # decoding/feature processes; 0 = one per core
 
 
 @dataclass
@@ -99,6 +96,8 @@ class ModelConfig:
     max_width: int = field(default=512, metadata=_range(4, 4096))
     # vgg/resnet/mobilenet/crnn: blocks after the first N see one band at a time (1x3 kernels, CP-ResNet); null = all 3x3
     band_context_blocks: int | None = field(default=None, metadata=_range(0, 8))
+    # mobilenet: halve time and frequency by 2x2 pooling after each block, or by a stride-2 first conv
+    downsample: Literal["pool", "stride"] = "pool"
     dropout: float = field(default=0.2, metadata=_range(0.0, 0.95))
     # How frames become a clip: avgmax (mean + max over time) or attention (per-class attention
     # weights over time applied to per-frame logits).
@@ -113,11 +112,9 @@ class TrainConfig:
     """The optimisation loop and cross-validation."""
 
     folds: int = field(default=5, metadata=_range(2, 50))
-    # Train only these fold indices (0-based; null = all): for fold-parallel jobs.
-    only_folds: list[int] | None = None
+    only_folds: list[int] | None = None  # train only these fold indices (0-based; null = all): fold-parallel jobs
     use_dataset_folds: bool = True  # ESC-50 / UrbanSound8K folds when the dataset has them
-    # The seed of the fold split (null = seed): a seed ensemble sets seed and keeps fold_seed, so its
-    # runs share folds and can be blended by nested CV.
+    # The fold split's seed (null = seed): a seed ensemble keeps it, so its runs share folds for nested CV.
     fold_seed: int | None = field(default=None, metadata=_range(0, MAX_SEED))
     epochs: int = field(default=200, metadata=_range(1, 10000))
     batch_size: int = field(default=32, metadata=_range(1, 4096))
@@ -202,8 +199,7 @@ class NoisyConfig:
     # train.lr * finetune_lr_scale.
     pretrain_epochs: int = field(default=30, metadata=_range(1, 10000))
     finetune_lr_scale: float = field(default=0.5, metadata=_range(0.0, 10.0, lo_open=True))
-    # pseudo: a finished curated-only run whose fold models never saw the noisy clips.
-    teacher: str | None = None
+    teacher: str | None = None  # pseudo: a finished curated-only run whose fold models never saw the noisy clips
     # keep: agree (teacher's probability of a given label >= threshold; keeps only those labels),
     # relabel (labels = teacher's probabilities >= threshold), soft (targets = blend of given labels
     # and teacher's probabilities, every clip kept)
@@ -304,6 +300,10 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError(f"model.band_context_blocks = {m.band_context_blocks} needs model.name vgg, resnet or crnn "
                           f"and at most model.depth = {m.depth} blocks (model.name = {m.name})",
                           hint="lower it, or leave it null for 3x3 kernels in every block")
+    if m.downsample == "stride" and (m.name != "mobilenet" or m.band_context_blocks is not None):
+        raise ConfigError(f"model.downsample = stride needs model.name mobilenet (model.name = {m.name}) and full "
+                          f"3x3 kernels: a 1x3 kernel striding over bands would drop every other band",
+                          hint="set model.downsample=pool, or model.name=mobilenet and model.band_context_blocks=null")
     n = cfg.noisy
     if n.strategy == "pseudo" and not n.teacher:
         raise ConfigError("noisy.strategy = pseudo needs noisy.teacher: a finished curated-only run folder",

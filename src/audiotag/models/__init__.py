@@ -27,6 +27,8 @@ def build_model(cfg: ModelConfig, *, in_channels: int, n_mels: int, n_classes: i
     cnn = dict(width=cfg.width, depth=cfg.depth, convs_per_block=cfg.convs_per_block, max_width=cfg.max_width)
     if cls is not WaveCNN:
         cnn["band_context_blocks"] = cfg.band_context_blocks
+    if cls is MobileNetCNN:
+        cnn["downsample"] = cfg.downsample
     if cls is CRNN:
         return cls(**shape, **cnn, recurrent=recurrent)
     return cls(**shape, **cnn)

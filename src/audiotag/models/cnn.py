@@ -18,12 +18,13 @@ from torch import nn
 FULL, TIME_ONLY = (3, 3), (1, 3)  # (bands, frames) kernels: 3x3, or 1x3 that never widens the band context
 
 
-def _conv(cin: int, cout: int, kernel: tuple[int, int]) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, kernel, padding=(kernel[0] // 2, kernel[1] // 2), bias=False)
+def _conv(cin: int, cout: int, kernel: tuple[int, int], stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel, stride=stride, padding=(kernel[0] // 2, kernel[1] // 2), groups=groups,
+                     bias=False)
 
 
-def _conv_bn_relu(cin: int, cout: int, kernel: tuple[int, int] = FULL) -> list[nn.Module]:
-    return [_conv(cin, cout, kernel), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+def _conv_bn_relu(cin: int, cout: int, kernel: tuple[int, int] = FULL, stride: int = 1) -> list[nn.Module]:
+    return [_conv(cin, cout, kernel, stride), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 class VGGBlock(nn.Sequential):
@@ -60,28 +61,33 @@ class InvertedResidualBlock(nn.Module):
     convolution, filters each expanded channel alone (depthwise 3x3, or ``kernel``) and projects back
     with a 1x1; units that keep the width add their input (identity shortcut). The block that reads
     the raw feature channels (``stem``) has a full convolution as its first unit (MobileNets' stem):
-    expanding one to three channels would give the depthwise filters nothing to mix."""
+    expanding one to three channels would give the depthwise filters nothing to mix.
+    ``strided``: the block's first spatial convolution halves time and frequency (stride 2, as
+    ImageNet MobileNets downsample) instead of the pooling at its end, so the layers after it run
+    on a quarter of the positions."""
 
     EXPANSION = 4
 
-    def __init__(self, cin: int, cout: int, *, convs: int, kernel: tuple[int, int] = FULL, stem: bool = False):
+    def __init__(self, cin: int, cout: int, *, convs: int, kernel: tuple[int, int] = FULL, stem: bool = False,
+                 strided: bool = False):
         super().__init__()
-        self.stem = nn.Sequential(*_conv_bn_relu(cin, cout, kernel)) if stem else nn.Identity()
-        units = []
+        stride = 2 if strided else 1
+        self.stem = nn.Sequential(*_conv_bn_relu(cin, cout, kernel, stride)) if stem else nn.Identity()
+        units, self.residual = [], []
         for i in range(convs - 1 if stem else convs):
             c_in = cout if stem or i > 0 else cin
             hidden = self.EXPANSION * c_in
+            unit_stride = stride if i == 0 and not stem else 1
             units.append(nn.Sequential(
                 nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-                nn.Conv2d(hidden, hidden, kernel, padding=(kernel[0] // 2, kernel[1] // 2), groups=hidden, bias=False),
-                nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+                _conv(hidden, hidden, kernel, unit_stride, groups=hidden), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
                 nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)))
+            self.residual.append(c_in == cout and unit_stride == 1)
         self.units = nn.ModuleList(units)
-        self.residual = [unit[0].in_channels == cout for unit in units]
         for unit, residual in zip(self.units, self.residual):
             if residual:  # start each residual branch at zero, as in the ResNet blocks
                 nn.init.zeros_(unit[-1].weight)
-        self.pool = nn.AvgPool2d(2, ceil_mode=True)
+        self.pool = nn.Identity() if strided else nn.AvgPool2d(2, ceil_mode=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -196,8 +202,12 @@ class MobileNetCNN(_AudioCNN):
 
     block = InvertedResidualBlock
 
+    def __init__(self, *, downsample: str = "pool", **kw):
+        self.strided = downsample == "stride"  # read by make_block, which the base class calls
+        super().__init__(**kw)
+
     def make_block(self, index: int, cin: int, cout: int, **kw) -> nn.Module:
-        return self.block(cin, cout, stem=index == 0, **kw)
+        return self.block(cin, cout, stem=index == 0, strided=self.strided, **kw)
 
 
 class CRNN(VGGCNN):
