@@ -109,35 +109,47 @@ def test_inverted_residual_units_expand_filter_each_channel_alone_and_start_as_i
 
 
 @pytest.mark.parametrize("kernel", [(3, 3), (1, 3)])
-def test_a_strided_mobilenet_downsamples_in_its_first_convolution(kernel):
+def test_an_early_downsampling_mobilenet_computes_the_same_shapes_on_fewer_positions(kernel):
     torch.manual_seed(0)
     x = torch.randn(2, 16, 9, 7)
-    block = InvertedResidualBlock(16, 32, convs=2, kernel=kernel, strided=True).eval()
-    strides = [m.stride for m in block.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == kernel]
-    assert strides == [(2, 2), (1, 1)] and block.residual == [False, True]
-    assert isinstance(block.pool, torch.nn.Identity) and block(x).shape == (2, 32, 5, 4)  # as 2x2 pooling, ceil
-    stem = InvertedResidualBlock(1, 16, convs=2, kernel=kernel, stem=True, strided=True).eval()
+    block = InvertedResidualBlock(16, 32, convs=2, kernel=kernel, early=True).eval()
+    first, second = ([type(m) for m in unit] for unit in block.units)
+    assert first.index(torch.nn.AvgPool2d) == 6 and torch.nn.AvgPool2d not in second  # before the projection
+    assert block.residual == [False, True] and isinstance(block.pool, torch.nn.Identity)
+    assert block(x).shape == (2, 32, 5, 4)  # as 2x2 pooling after the block, rounding up
+    stem = InvertedResidualBlock(1, 16, convs=2, kernel=kernel, stem=True, early=True).eval()
     assert stem.stem[0].stride == (2, 2) and stem.residual == [True]  # the unit after the stem keeps the size
-    same = InvertedResidualBlock(16, 16, convs=1, strided=True)  # a unit that halves the size has no shortcut
-    assert same.residual == [False]
+    assert InvertedResidualBlock(16, 16, convs=1, early=True).residual == [False]  # it halves: no shortcut
+    # a 1x1 projection commutes with the pooling: in eval mode only the batch norms' statistics differ
+    late = InvertedResidualBlock(16, 32, convs=1, kernel=kernel).eval()
+    early = InvertedResidualBlock(16, 32, convs=1, kernel=kernel, early=True).eval()
+    for m in late.modules():  # trained-like batch norms
+        if isinstance(m, torch.nn.BatchNorm2d):
+            for t in (m.weight, m.bias, m.running_mean):
+                torch.nn.init.normal_(t.data)
+            m.running_var.data.uniform_(0.5, 2)
+    with torch.no_grad():  # same tensors in the same order; the pooling layer shifts the keys' indices
+        for a, b in zip(early.state_dict().values(), late.state_dict().values(), strict=True):
+            a.copy_(b)
+    torch.testing.assert_close(early(x), late(x), atol=1e-5, rtol=1e-4)
 
     def model(downsample):
         torch.manual_seed(0)
         return build_model(ModelConfig(name="mobilenet", width=8, depth=3, downsample=downsample),
                            in_channels=1, n_mels=64, n_classes=3).eval()
 
-    pooled, strided = model("pool"), model("stride")
-    assert count_parameters(pooled) == count_parameters(strided)
+    pooled, early = model("pool"), model("early")
+    assert count_parameters(pooled) == count_parameters(early)
     frames = torch.randn(2, 1, 64, 45)
-    assert pooled.frames(frames).shape == strided.frames(frames).shape == (2, 32, 6)
-    assert not any(isinstance(m, torch.nn.AvgPool2d) for m in strided.modules())
-    with pytest.raises(ConfigError, match="downsample = stride needs model.name mobilenet"):
-        load_config(None, ["model.name=vgg", "model.downsample=stride"])
-    with pytest.raises(ConfigError, match="would drop every other band"):  # a 1x3 kernel striding over bands
-        load_config(None, ["model.band_context_blocks=1", "model.downsample=stride"])
+    assert pooled.frames(frames).shape == early.frames(frames).shape == (2, 32, 6)
+    with pytest.raises(ConfigError, match="downsample = early needs model.name mobilenet"):
+        load_config(None, ["model.name=vgg", "model.downsample=early"])
+    with pytest.raises(ConfigError, match="would drop every other band"):  # a 1x3 stem striding over bands
+        load_config(None, ["model.band_context_blocks=0", "model.downsample=early"])
+    load_config(None, ["model.band_context_blocks=1", "model.downsample=early"])  # 3x3 stem, 1x3 kernels later
     torch.manual_seed(0)
     _learns_which_band_holds_the_tone(build_model(ModelConfig(name="mobilenet", width=8, depth=3, dropout=0.0,
-                                                              downsample="stride"), in_channels=1, n_mels=32, n_classes=4))
+                                                              downsample="early"), in_channels=1, n_mels=32, n_classes=4))
 
 
 def test_dropout_only_in_training():

@@ -96,8 +96,8 @@ class ModelConfig:
     max_width: int = field(default=512, metadata=_range(4, 4096))
     # vgg/resnet/mobilenet/crnn: blocks after the first N see one band at a time (1x3 kernels, CP-ResNet); null = all 3x3
     band_context_blocks: int | None = field(default=None, metadata=_range(0, 8))
-    # mobilenet: halve time and frequency by 2x2 pooling after each block, or by a stride-2 first conv
-    downsample: Literal["pool", "stride"] = "pool"
+    # mobilenet: halve time and frequency by 2x2 pooling after each block, or early (a stride-2 stem, pooling before projections)
+    downsample: Literal["pool", "early"] = "pool"
     dropout: float = field(default=0.2, metadata=_range(0.0, 0.95))
     # How frames become a clip: avgmax (mean + max over time) or attention (per-class attention
     # weights over time applied to per-frame logits).
@@ -300,9 +300,9 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError(f"model.band_context_blocks = {m.band_context_blocks} needs model.name vgg, resnet or crnn "
                           f"and at most model.depth = {m.depth} blocks (model.name = {m.name})",
                           hint="lower it, or leave it null for 3x3 kernels in every block")
-    if m.downsample == "stride" and (m.name != "mobilenet" or m.band_context_blocks is not None):
-        raise ConfigError(f"model.downsample = stride needs model.name mobilenet (model.name = {m.name}) and full "
-                          f"3x3 kernels: a 1x3 kernel striding over bands would drop every other band",
+    if m.downsample == "early" and (m.name != "mobilenet" or m.band_context_blocks == 0):
+        raise ConfigError(f"model.downsample = early needs model.name mobilenet (model.name = {m.name}) and a 3x3 stem "
+                          f"(model.band_context_blocks >= 1): a 1x3 kernel striding over bands would drop every other band",
                           hint="set model.downsample=pool, or model.name=mobilenet and model.band_context_blocks=null")
     n = cfg.noisy
     if n.strategy == "pseudo" and not n.teacher:
