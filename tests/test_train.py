@@ -61,6 +61,9 @@ def test_a_run_folder_has_everything(demo_data, tmp_path):
     for k in (0, 1):  # each fold model alone, scored on the test labels
         alone = lwlrap(truth, np.load(d / f"fold_{k}" / "test.npy"))
         assert scores["fold_test_lwlrap"][k] == pytest.approx(alone, abs=1e-9)
+    each = scores["fold_test_lwlrap"]  # the log's summary of the same numbers
+    assert (f"fold models alone {min(each):.4f}-{max(each):.4f}, mean {sum(each) / len(each):.4f}"
+            in (d / "log.txt").read_text())
     assert run.config == tiny() and run.info["status"] == "done" and run.info["precision"] == "fp32"
     with open(d / "oof_predictions.csv", newline="") as f:
         rows = list(csv.reader(f))
