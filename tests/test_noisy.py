@@ -270,6 +270,19 @@ def test_ablation_table_over_strategies_and_seeds(demo_data, tmp_path):
     assert (table.seeds == 2).all() and (table.oof_std >= 0).all()
     assert (table.diff_ci90_low[1:] <= table.test_vs_curated[1:]).all()
     assert (table.test_vs_curated[1:] <= table.diff_ci90_high[1:]).all()
+    # the seeds' runs averaged into one ensemble, scored on the test labels; the difference is between those
+    ds = load_dataset(demo_data, audio=False)
+    names = [c.fname for c in ds.split("test")]
+
+    def seed_mean(name):
+        return np.mean([pd.read_csv(out / f"{name}-s{s}" / "test_predictions.csv").set_index("fname").loc[names]
+                        for s in (0, 1)], axis=0)
+
+    from audiotag.metrics import lwlrap
+    truth = ds.label_matrix(ds.split("test"))
+    for i, name in enumerate(table.strategy):
+        assert table.test_seed_mean[i] == pytest.approx(lwlrap(truth, seed_mean(name)), abs=1e-4)
+    assert np.allclose(table.test_vs_curated[1:], table.test_seed_mean[1:] - table.test_seed_mean[0], atol=2e-4)
     assert "curated-s1" in (out / "pseudo_soft-s1" / "config.yaml").read_text()
     # correlation with the baseline's OOF predictions, averaged over seeds, aligned by fname
     from audiotag.runs import read_oof_predictions
