@@ -24,6 +24,7 @@ TRANSFORMS = {
     "freq_shift": lambda s: FreqShift(max_bins=3, seed=s),
     "stretch": lambda s: TimeStretch(max_change=0.25, seed=s),
     "resized_crop": lambda s: ResizedCrop(min_scale=0.6, seed=s),
+    "resized_crop_some": lambda s: ResizedCrop(min_scale=0.6, prob=0.5, seed=s),
     "freq_mixstyle": lambda s: FreqMixStyle(prob=1.0, alpha=0.3, seed=s),
     "specmix": lambda s: SpecMix(prob=1.0, seed=s),
 }
@@ -220,6 +221,23 @@ def test_resized_crop_zooms_into_the_chosen_part_by_bilinear_interpolation():
     drawn = crop.sample(x)
     assert ((drawn["scale"] >= 0.5) & (drawn["scale"] <= 1)).all()
     assert (drawn["centre"].abs() <= 1 - drawn["scale"] + 1e-6).all()  # the window stays inside the crop
+
+
+def test_resized_crop_on_a_share_of_crops_leaves_the_others_untouched():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(400, 1, 16, 40, generator=g), torch.eye(400)
+    crop = ResizedCrop(min_scale=0.6, prob=0.33, seed=0)
+    out, _ = crop(x, y)
+    same = torch.tensor([torch.equal(a, b) for a, b in zip(out, x)])
+    assert 0.27 < 1 - same.float().mean() < 0.39  # about a third zoomed, the rest bit-identical
+    redo = ResizedCrop(min_scale=0.6, prob=0.33, seed=0)
+    params = redo.sample(x)
+    torch.testing.assert_close(out[~same], ResizedCrop(min_scale=0.6, seed=0).apply(x, y, params)[0][~same])
+    assert same.tolist() == (~params["use"]).tolist()
+    # with every crop zoomed, the random stream is the one of the runs before the option existed
+    assert set(ResizedCrop(min_scale=0.6, seed=0).sample(x)) == {"scale", "centre"}
+    off = [type(t).__name__ for t in build_transforms(AugmentConfig(resized_crop_min=0.8, resized_crop_prob=0), seed=0)]
+    assert "ResizedCrop" not in off
 
 
 def test_freq_mixstyle_gives_each_band_the_mixed_statistics_and_keeps_targets():

@@ -166,18 +166,21 @@ class ResizedCrop(_Transform):
     """Zooms into a random part of each crop: a share between ``min_scale`` and 1 of its frames and,
     independently, of its bands, at a random place, stretched back to the full size with bilinear
     interpolation (torchvision's RandomResizedCrop on the spectrogram, credited most by FAT2019's
-    first-place team). The sound gets slower and its spectrum spreads over more bands, as a
-    different recording of the same source might."""
+    first-place team, who zoomed into a third of the crops: ``prob``). The sound gets slower and its
+    spectrum spreads over more bands, as a different recording of the same source might."""
 
-    def __init__(self, *, min_scale: float, seed: int):
+    def __init__(self, *, min_scale: float, seed: int, prob: float = 1.0):
         super().__init__(seed=seed)
-        self.min_scale = min_scale
+        self.min_scale, self.prob = min_scale, prob
 
     def sample(self, x):
         b = x.shape[0]
         scale = self.min_scale + (1 - self.min_scale) * self._uniform(b, 2)  # (B, [time, bands])
         centre = (self._uniform(b, 2) * 2 - 1) * (1 - scale)  # within [-1, 1] in grid units
-        return {"scale": scale, "centre": centre}
+        params = {"scale": scale, "centre": centre}
+        if self.prob < 1:  # drawn only then, so that runs with every crop zoomed keep their random stream
+            params["use"] = self._uniform(b) < self.prob
+        return params
 
     def apply(self, x, y, params):
         scale, centre = params["scale"], params["centre"]
@@ -186,8 +189,10 @@ class ResizedCrop(_Transform):
         theta[:, 1, 1], theta[:, 1, 2] = scale[:, 1], centre[:, 1]  # grid y: bands
         grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
         out = torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border",
-                                              align_corners=False)
-        return out.to(x.dtype), y
+                                              align_corners=False).to(x.dtype)
+        if "use" in params:  # crops left as they are stay bit-identical
+            out = torch.where(params["use"][:, None, None, None], out, x)
+        return out, y
 
 
 class FreqMixStyle(_Transform):
@@ -314,8 +319,8 @@ def build_transforms(cfg: AugmentConfig, *, seed: int, channels: list[str] | Non
         out.append(FreqShift(max_bins=cfg.freq_shift_bins, seed=seed * 10 + 6))
     if cfg.time_stretch > 0 and not waveform:
         out.append(TimeStretch(max_change=cfg.time_stretch, seed=seed * 10 + 7))
-    if cfg.resized_crop_min < 1 and not waveform:
-        out.append(ResizedCrop(min_scale=cfg.resized_crop_min, seed=seed * 10 + 8))
+    if cfg.resized_crop_min < 1 and cfg.resized_crop_prob > 0 and not waveform:
+        out.append(ResizedCrop(min_scale=cfg.resized_crop_min, prob=cfg.resized_crop_prob, seed=seed * 10 + 8))
     if cfg.freq_mixstyle_prob > 0 and cfg.freq_mixstyle_alpha > 0 and not waveform:
         out.append(FreqMixStyle(prob=cfg.freq_mixstyle_prob, alpha=cfg.freq_mixstyle_alpha, seed=seed * 10 + 9))
     if cfg.specmix_prob > 0 and not waveform:
