@@ -4,11 +4,13 @@ import csv
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,7 @@ from audiotag.engine.callbacks import History
 from audiotag.errors import AudiotagError
 from audiotag.metrics import lwlrap
 from audiotag.training import batches as inputs
+from audiotag.training import context
 from audiotag.runs import DataSpec, Run
 from audiotag.training.train import resume, train
 
@@ -110,7 +113,17 @@ def test_resume_after_an_epoch_equals_training_straight(demo_data, tmp_path, mon
     assert (tmp_path / "cut" / "fold_0" / "done.json").exists()
     assert not (tmp_path / "cut" / "fold_1" / "done.json").exists()
     assert Run.open(tmp_path / "cut").info["status"] == "interrupted"
+    # The run's minutes count the stopped session's finished fold, and the resumed fold's epochs before the
+    # stop: with the resumed session's clock frozen, exactly the seconds of those epochs are added.
+    counted = Run.open(tmp_path / "cut").info.get("wall_seconds", 0)
+    assert counted >= json.loads((tmp_path / "cut" / "fold_0" / "done.json").read_text())["train_seconds"] > 0
+    monkeypatch.setattr(context, "time", SimpleNamespace(perf_counter=lambda: 0.0))
     _same_results(straight, resume(tmp_path / "cut", progress=False))
+    resumed_after = int(re.search(r"fold 1: resuming after epoch (\d+)", (tmp_path / "cut" / "log.txt").read_text())[1])
+    history = pd.read_csv(tmp_path / "cut" / "fold_1" / "history.csv")
+    before_stop = history[history.epoch <= resumed_after].seconds.sum()
+    assert before_stop > 0
+    assert Run.open(tmp_path / "cut").info["wall_seconds"] == pytest.approx(counted + before_stop)
 
 
 def test_a_failed_run_says_so_and_resumes_once_fixed(demo_data, tmp_path, monkeypatch):

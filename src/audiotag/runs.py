@@ -313,8 +313,9 @@ class Run:
     def write_info(self, info: dict) -> None:
         fsutil.write_text(self.dir / "run.json", json.dumps(info, indent=2))
 
-    def update_info(self, *, drop: tuple[str, ...] = (), **changes) -> None:
-        """Set the ``changes`` in run.json and remove the keys in ``drop``."""
+    def update_info(self, *, drop: tuple[str, ...] = (), add_seconds: float = 0.0, **changes) -> None:
+        """Set the ``changes`` in run.json, remove the keys in ``drop`` and add ``add_seconds`` to the
+        run's compute time (``wall_seconds``)."""
         if not fsutil.writes_enabled():
             return
         # Fold-parallel jobs update one run.json: the read-modify-write holds a lock.
@@ -322,6 +323,8 @@ class Run:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 info = {k: v for k, v in self.info.items() if k not in drop}
+                if add_seconds:
+                    info["wall_seconds"] = info.get("wall_seconds", 0) + add_seconds
                 self.write_info({**info, **changes})
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)

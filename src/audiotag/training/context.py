@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,20 @@ from ..data.folds import Folds
 from ..data.records import Clip, Dataset
 from ..features.cache import FeatureSet
 from ..runs import Run
+
+
+class RunClock:
+    """Counts a run's compute time into run.json as each fold finishes, so the folds of a session
+    that was stopped (SIGKILL, a lost machine) still count once the run is resumed."""
+
+    def __init__(self, run: Run):
+        self.run, self.since = run, time.perf_counter()
+
+    def lap(self, *, earlier: float = 0.0) -> None:
+        """Counts the time since the last lap, plus ``earlier`` seconds spent by stopped sessions."""
+        now = time.perf_counter()
+        self.run.update_info(add_seconds=now - self.since + earlier)
+        self.since = now
 
 
 @dataclass
@@ -33,6 +48,7 @@ class TrainingContext:
     precision: str
     plan: object | None = None  # a noisy.NoisyPlan (which is built from a context)
     pretrained: Path | None = None
+    clock: RunClock | None = field(default=None, repr=False)
 
     @property
     def vocabulary(self) -> tuple[str, ...]:

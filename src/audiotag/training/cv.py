@@ -135,6 +135,8 @@ def fit(job: FitJob, ctx: TrainingContext) -> Trainer:
     if (job.folder / "last.pt").exists():
         trainer.load_state_dict(load_checkpoint(job.folder / "last.pt")["trainer"])
         ctx.run.log(f"{job.prefix.strip()}: resuming after epoch {trainer.epoch}")
+        if ctx.clock is not None:  # the epochs of the stopped session were never counted
+            ctx.clock.lap(earlier=sum(r["seconds"] for r in trainer.history))
     batches_for = job.sampler.epoch
     if ctx.device.type == "cuda":  # on a CPU the cores are better spent on the model itself
         def batches_for(epoch: int):
@@ -300,8 +302,11 @@ def run_cv(ctx: TrainingContext, *, folds_to_train: list[int] | None = None) -> 
         ctx.run.log(f"fold {k} ({i}/{len(todo)}){eta}")
         start = time.perf_counter()
         results.append(run_fold(k, ctx))
-        if not results[-1].summary.get("reused"):
+        summary = results[-1].summary
+        if not summary.get("reused"):
             took.append(time.perf_counter() - start)
+            if ctx.clock is not None:
+                ctx.clock.lap()
     if folds_to_train is not None:
         done = [load_fold_result(ctx.run, k, folds=ctx.folds, train_clips=ctx.train_clips) for k in wanted]
         if any(r is None for r in done):

@@ -10,7 +10,6 @@ process runs the same code; :mod:`..engine.distributed` keeps them in step.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from ..models import new_model
 from ..parallel import resolve_workers
 from ..plots import plot_training_curves
 from ..runs import DataSpec, Run
-from .context import TrainingContext
+from .context import RunClock, TrainingContext
 from .cv import assemble, crop_frames, load_fold_result, run_cv
 
 
@@ -120,11 +119,11 @@ def _train_run(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, pro
     where = f"{processes} processes" if processes > 1 else f"{torch.get_num_threads()} threads"
     run.log(f"{len(train_clips)} training clips in {folds.n_folds} folds ({folds.source}), {len(test_clips)} test clips; "
             f"{config.model.name} on {device} ({precision}, {where})" + (f"; this job: fold {fold}" if fold is not None else ""))
-    start = time.perf_counter()
+    clock = RunClock(run)
     marker = run.claim_fold(fold) if fold is not None and distributed.is_main() else None
     try:
         ctx = TrainingContext(run=run, config=config, ds=ds, features=features, folds=folds, train_clips=train_clips,
-                              test_clips=test_clips, device=device, precision=precision)
+                              test_clips=test_clips, device=device, precision=precision, clock=clock)
         scores = run_cv(ctx, folds_to_train=[fold] if fold is not None else None)
     finally:
         if marker is not None:
@@ -133,13 +132,15 @@ def _train_run(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, pro
         pending = [k for k in range(folds.n_folds) if not (run.fold_dir(k) / "done.json").exists()]
         run.log(f"fold {fold} done; waiting for fold(s) {', '.join(map(str, pending))}; when they are done, "
                 f"`audiotag merge {run.dir}` assembles the run (the last fold job does it by itself)")
+        clock.lap()
         return run
-    return _finish(run, scores, seconds=time.perf_counter() - start)
+    clock.lap()
+    return _finish(run, scores)
 
 
-def _finish(run: Run, scores: dict, *, seconds: float) -> Run:
+def _finish(run: Run, scores: dict) -> Run:
     plot_training_curves(run.dir, run.dir / "training_curves.png")
-    run.update_info(status="done", wall_seconds=run.info.get("wall_seconds", 0) + seconds)
+    run.update_info(status="done")
     text = f"OOF lwlrap {scores['oof_lwlrap']:.4f} (folds {scores['fold_lwlrap_mean']:.4f} ± {scores['fold_lwlrap_std']:.4f})"
     if "test_lwlrap" in scores:
         text += f"; test lwlrap {scores['test_lwlrap']:.4f}"
@@ -228,4 +229,4 @@ def merge(folder: str | Path, *, progress: bool = True) -> Run:
     ctx = TrainingContext(run=run, config=config, ds=ds, features=features, folds=folds, train_clips=train_clips,
                           test_clips=test_clips, device=torch.device("cpu"), precision=info.get("precision", "fp32"))
     scores = assemble(ctx, results)
-    return _finish(run, scores, seconds=0.0)
+    return _finish(run, scores)
