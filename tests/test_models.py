@@ -196,11 +196,14 @@ def test_band_context_blocks_restrict_the_receptive_field_over_bands(name):
         load_config(None, ["model.name=rnn", "model.band_context_blocks=1"])
 
 
-@pytest.mark.parametrize("name", ["vgg", "mobilenet"])
-def test_a_band_restricted_cnn_learns_which_band_holds_the_tone(name):
+@pytest.mark.parametrize("settings", [{"name": "vgg", "band_context_blocks": 1},
+                                      {"name": "mobilenet", "band_context_blocks": 1}, {"name": "mobilenet"},
+                                      {"name": "mobilenet", "downsample": "early"}],
+                         ids=["vgg-band-restricted", "mobilenet-band-restricted", "mobilenet", "mobilenet-early"])
+def test_a_cnn_learns_which_band_holds_the_tone(settings):
     torch.manual_seed(0)
-    _learns_which_band_holds_the_tone(build_model(ModelConfig(name=name, width=8, depth=3, band_context_blocks=1,
-                                                              dropout=0.0), in_channels=1, n_mels=32, n_classes=4))
+    _learns_which_band_holds_the_tone(build_model(ModelConfig(width=8, depth=3, dropout=0.0, **settings),
+                                                  in_channels=1, n_mels=32, n_classes=4))
 
 
 def _learns_which_band_holds_the_tone(model):
