@@ -302,8 +302,7 @@ def run_cv(ctx: TrainingContext, *, folds_to_train: list[int] | None = None) -> 
         ctx.run.log(f"fold {k} ({i}/{len(todo)}){eta}")
         start = time.perf_counter()
         results.append(run_fold(k, ctx))
-        summary = results[-1].summary
-        if not summary.get("reused"):
+        if not results[-1].summary.get("reused"):
             took.append(time.perf_counter() - start)
             if ctx.clock is not None:
                 ctx.clock.lap()
