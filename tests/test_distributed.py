@@ -1,5 +1,6 @@
 """Beyond one process: DDP through torchrun (gloo on CPUs), fold-parallel jobs and their merge, device choice."""
 
+import json
 import os
 import socket
 import subprocess
@@ -201,6 +202,11 @@ def test_fold_job_mistakes_get_clear_errors(demo_data, tmp_path, capsys):
     run = Run.open(tmp_path / "p")
     assert not (run.dir / "scores.json").exists() and (run.fold_dir(0) / "done.json").exists()
     assert "waiting for fold(s) 1" in (run.dir / "log.txt").read_text()
+
+    def trained(k):
+        return json.loads((run.fold_dir(k) / "done.json").read_text())["train_seconds"]
+
+    assert run.info["wall_seconds"] >= trained(0) > 0  # each job counts its own time in the run's minutes
     with pytest.raises(AudiotagError, match=r"fold\(s\) 1 are not done") as e:
         merge(run.dir, progress=False)
     assert f"--resume {run.dir} --fold 1" in e.value.hint
@@ -213,6 +219,7 @@ def test_fold_job_mistakes_get_clear_errors(demo_data, tmp_path, capsys):
     train(data, tiny("train.threads=2", "train.device=cpu"), out=run.dir, fold=1, cache_dir=tmp_path / "cache",
           progress=False)
     assert Run.open(run.dir).info["status"] == "done" and (run.dir / "scores.json").exists()
+    assert Run.open(run.dir).info["wall_seconds"] >= trained(0) + trained(1)
 
 
 def test_a_fold_being_trained_elsewhere_is_not_trained_twice(demo_data, tmp_path):
