@@ -7,7 +7,8 @@ from pathlib import Path
 from ..config import load_config
 from ..ensemble.blending import DEFAULT_BLENDS, ensemble_runs
 from ..errors import AudiotagError
-from ..recipes.ablation import DEFAULT_LEVERS, DEFAULT_REPRESENTATIONS, DEFAULT_STRATEGIES, ablate
+from ..recipes.ablation import (DEFAULT_LEVERS, DEFAULT_REPRESENTATIONS, DEFAULT_STRATEGIES, REPRESENTATIONS,
+                                STRATEGIES, ablate)
 from ..recipes.pipeline import run_pipeline
 from ..recipes.recipe import bundled_recipe, load_recipe, with_budget
 from ..report.html import build_report
@@ -114,12 +115,10 @@ def add_ablate(subs, shared: Shared) -> None:
         "Train each variant for each seed as a normal run folder under OUT, then write ablation.md/.csv: OOF "
         "lwlrap on curated clips, test lwlrap when the data has test labels, a paired bootstrap interval of each "
         "variant's gain over the baseline (curated when listed, else the first), the Pearson correlation of its "
-        "OOF predictions with the baseline's, minutes per run. Noisy-set strategies: curated, joint, joint_smooth, "
-        "joint_bootstrap, joint_lq, joint_drop, pretrain, pseudo_agree, pseudo_relabel, pseudo_soft, mixmatch. "
-        "Inputs and models: logmel, logmel_deltas, mfcc, cqt, logmel_phase, logmel_chroma, logmel_freqpos, "
-        "logmel_denoised, pcen, wavecnn, crnn, rnn, attention, resnet. Levers for unseen recordings ('levers'): "
-        "curated, ema, resized_crop, freq_mixstyle, specmix, band_context2, band_context2_w48, vgg. Re-running "
-        "continues where it stopped.",
+        "OOF predictions with the baseline's, minutes per run. "
+        f"Noisy-set strategies: {', '.join(STRATEGIES)}. Inputs and models: {', '.join(REPRESENTATIONS)}. "
+        f"Levers for unseen recordings ('levers'): {', '.join(DEFAULT_LEVERS)}. Re-running continues where it "
+        "stopped.",
         "audiotag ablate --data .bench/small --out runs/ablation --seeds 0,1 --set train.epochs=40\n"
         "audiotag ablate --data .bench/small --out runs/inputs --variants representations --seeds 0\n"
         "audiotag ablate --data data/fat2019 --out runs/abl --strategies curated,pretrain,pseudo_agree",

@@ -68,6 +68,7 @@ LEVERS: dict[str, dict[str, object]] = {
     "resized_crop": {"augment.resized_crop_min": 0.7},
     "freq_mixstyle": {"augment.freq_mixstyle_prob": 0.4},
     "specmix": {"augment.specmix_prob": 0.3},
+    "random_eq": {"augment.eq_db": 6.0},
     "band_context2": {"model.band_context_blocks": 2},
     "band_context2_w48": {"model.band_context_blocks": 2, "model.width": 48},
     "vgg": {"model.name": "vgg"},  # the default family until 2026-12-05
