@@ -53,7 +53,7 @@ bench-run: $(VENV)/.runtime .bench/small/train_curated.csv
 .bench/dev/train_curated.csv: | $(VENV)/.runtime
 	$(BIN)/python $(SHARED)/bench/make_dataset.py --out .bench/dev --scale small --train-folds 1 --test-folds 2 --seed 1 --overwrite
 
-# The levers for unseen recordings against the default, fold 0, 100 epochs, 2 seeds (~2 h on 2 cores).
+# The levers for unseen recordings against the default, fold 0, 100 epochs, 2 seeds (~2.5 h on 2 cores).
 bench-levers: $(VENV)/.runtime .bench/dev/train_curated.csv
 	$(BIN)/audiotag ablate --data .bench/dev --out .bench/levers --cache-dir .bench/dev-cache --variants levers \
 	  --seeds 0,1 --set 'train.only_folds=[0]' --set train.epochs=100 -q
