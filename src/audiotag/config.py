@@ -157,8 +157,8 @@ class AugmentConfig:
     freq_shift_bins: int = field(default=0, metadata=_range(0, 64))  # random shift along the bands
     time_stretch: float = field(default=0.0, metadata=_range(0.0, 1.0))  # tempo change up to x(1 +- this)
     time_shift: bool = True  # circular shift of each crop
-    resized_crop_min: float = field(default=1.0, metadata=_range(0.1, 1.0))  # zoom into this share (to 1) per axis
-    resized_crop_prob: float = field(default=1.0, metadata=_range(0.0, 1.0))  # share of crops zoomed into
+    resized_crop_min: float = field(default=0.8, metadata=_range(0.1, 1.0))  # zoom into this share (to 1) per axis
+    resized_crop_prob: float = field(default=0.33, metadata=_range(0.0, 1.0))  # share of crops zoomed into
     freq_mixstyle_prob: float = field(default=0.0, metadata=_range(0.0, 1.0))  # frequency-wise MixStyle
     freq_mixstyle_alpha: float = field(default=0.3, metadata=_range(0.0))
     specmix_prob: float = field(default=0.0, metadata=_range(0.0, 1.0))  # share of crops given another's bands
