@@ -189,6 +189,7 @@ def test_page_cache_probe_tells_cached_from_evicted_files(tmp_path):
     assert found is True
     evict(clip)
     assert fsutil.in_page_cache(clip, 0) is False
+    evict(clip)  # a missed probe may start readahead of the pages after it (seen on a loaded machine)
     assert fsutil.in_page_cache(clip, clip.stat().st_size - 1) is False
     clip.read_bytes()
     assert fsutil.in_page_cache(clip, 0) is True
