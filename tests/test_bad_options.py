@@ -148,6 +148,20 @@ def test_predictions_with_a_nan_row_are_never_written(tmp_path):
     assert out.read_text().splitlines()[2] == "b.wav,0.250000,0.500000"
 
 
+def test_missing_and_damaged_prediction_files_are_told_apart(tmp_path):
+    from audiotag.errors import DataError
+    from audiotag.runs import read_predictions
+
+    with pytest.raises(DataError) as missing:
+        read_predictions(tmp_path / "test_predictions.csv")
+    assert "does not exist" in str(missing.value) and "damaged" not in missing.value.hint
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"fname,dog\n\xff\xfe,0.5\n")
+    with pytest.raises(DataError) as damaged:
+        read_predictions(bad)
+    assert "UnicodeDecodeError" in str(damaged.value) and "damaged" in damaged.value.hint
+
+
 def _csv_dataset(root, rows, *, extra_files=0):
     audio = root / "wavs"
     audio.mkdir(parents=True)

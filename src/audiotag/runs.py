@@ -92,6 +92,9 @@ def _read_table(path: Path, *, first: list[str], what: str) -> tuple[list[str], 
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f) if r]
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist", hint=f"check the path; the {what} are written when a run "
+                        "finishes (`audiotag train --resume RUN` finishes a stopped one)") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path} cannot be read as {what} ({type(e).__name__})",
                         hint="the file is damaged; restore it or produce it again") from None
