@@ -25,6 +25,8 @@ TRANSFORMS = {
     "stretch": lambda s: TimeStretch(max_change=0.25, seed=s),
     "resized_crop": lambda s: ResizedCrop(min_scale=0.6, seed=s),
     "resized_crop_some": lambda s: ResizedCrop(min_scale=0.6, prob=0.5, seed=s),
+    "resized_crop_bands": lambda s: ResizedCrop(min_scale=0.6, axes="bands", seed=s),
+    "resized_crop_time": lambda s: ResizedCrop(min_scale=0.6, axes="time", seed=s),
     "freq_mixstyle": lambda s: FreqMixStyle(prob=1.0, alpha=0.3, seed=s),
     "specmix": lambda s: SpecMix(prob=1.0, seed=s),
 }
@@ -224,6 +226,27 @@ def test_resized_crop_zooms_into_the_chosen_part_by_bilinear_interpolation():
     drawn = crop.sample(x)
     assert ((drawn["scale"] >= 0.5) & (drawn["scale"] <= 1)).all()
     assert (drawn["centre"].abs() <= 1 - drawn["scale"] + 1e-6).all()  # the window stays inside the crop
+
+
+@pytest.mark.parametrize("axes", ["time", "bands"])
+def test_resized_crop_along_one_axis_keeps_the_other_and_the_random_stream(axes):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 1, 16, 40, generator=g), torch.eye(8)
+    moved, kept = (0, 1) if axes == "time" else (1, 0)  # params' columns: [time, bands]
+    both, one = ResizedCrop(min_scale=0.6, seed=0), ResizedCrop(min_scale=0.6, axes=axes, seed=0)
+    drawn, drawn_one = both.sample(x), one.sample(x)
+    torch.testing.assert_close(drawn_one["scale"][:, moved], drawn["scale"][:, moved])  # the same draws
+    torch.testing.assert_close(drawn_one["centre"][:, moved], drawn["centre"][:, moved])
+    assert (drawn_one["scale"][:, kept] == 1).all() and (drawn_one["centre"][:, kept] == 0).all()
+    out, _ = one.apply(x, y, drawn_one)
+    # each band (time zoom) or frame (band zoom) is resampled alone, the same as in a crop one band or frame wide
+    for i in (0, 7, 15):
+        part = x[:, :, i:i + 1] if axes == "time" else x[:, :, :, i:i + 1]
+        alone, _ = ResizedCrop(min_scale=0.6, seed=0).apply(part, y, drawn_one)
+        torch.testing.assert_close(out[:, :, i:i + 1] if axes == "time" else out[:, :, :, i:i + 1], alone)
+    assert not torch.allclose(out, x)
+    cfg = AugmentConfig(resized_crop_axes=axes)
+    assert [t.axes for t in build_transforms(cfg, seed=0) if isinstance(t, ResizedCrop)] == [axes]
 
 
 def test_resized_crop_on_a_share_of_crops_leaves_the_others_untouched():

@@ -159,6 +159,7 @@ class AugmentConfig:
     time_shift: bool = True  # circular shift of each crop
     resized_crop_min: float = field(default=0.8, metadata=_range(0.1, 1.0))  # zoom into this share (to 1) per axis
     resized_crop_prob: float = field(default=0.33, metadata=_range(0.0, 1.0))  # share of crops zoomed into
+    resized_crop_axes: Literal["both", "time", "bands"] = "both"  # or along one axis alone
     freq_mixstyle_prob: float = field(default=0.0, metadata=_range(0.0, 1.0))  # frequency-wise MixStyle
     freq_mixstyle_alpha: float = field(default=0.3, metadata=_range(0.0))
     specmix_prob: float = field(default=0.0, metadata=_range(0.0, 1.0))  # share of crops given another's bands

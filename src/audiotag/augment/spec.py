@@ -167,16 +167,20 @@ class ResizedCrop(_Transform):
     independently, of its bands, at a random place, stretched back to the full size with bilinear
     interpolation (torchvision's RandomResizedCrop on the spectrogram, credited most by FAT2019's
     first-place team, who zoomed into a third of the crops: ``prob``). The sound gets slower and its
-    spectrum spreads over more bands, as a different recording of the same source might."""
+    spectrum spreads over more bands, as a different recording of the same source might. ``axes``
+    zooms along ``time`` alone (a tempo change) or the ``bands`` alone (a pitch change) instead."""
 
-    def __init__(self, *, min_scale: float, seed: int, prob: float = 1.0):
+    def __init__(self, *, min_scale: float, seed: int, prob: float = 1.0, axes: str = "both"):
         super().__init__(seed=seed)
-        self.min_scale, self.prob = min_scale, prob
+        self.min_scale, self.prob, self.axes = min_scale, prob, axes
 
     def sample(self, x):
         b = x.shape[0]
         scale = self.min_scale + (1 - self.min_scale) * self._uniform(b, 2)  # (B, [time, bands])
         centre = (self._uniform(b, 2) * 2 - 1) * (1 - scale)  # within [-1, 1] in grid units
+        if self.axes != "both":  # the other axis is drawn all the same: every setting shares the random stream
+            kept = 1 if self.axes == "time" else 0
+            scale[:, kept], centre[:, kept] = 1.0, 0.0
         params = {"scale": scale, "centre": centre}
         if self.prob < 1:  # drawn only then, so that runs with every crop zoomed keep their random stream
             params["use"] = self._uniform(b) < self.prob
@@ -320,7 +324,8 @@ def build_transforms(cfg: AugmentConfig, *, seed: int, channels: list[str] | Non
     if cfg.time_stretch > 0 and not waveform:
         out.append(TimeStretch(max_change=cfg.time_stretch, seed=seed * 10 + 7))
     if cfg.resized_crop_min < 1 and cfg.resized_crop_prob > 0 and not waveform:
-        out.append(ResizedCrop(min_scale=cfg.resized_crop_min, prob=cfg.resized_crop_prob, seed=seed * 10 + 8))
+        out.append(ResizedCrop(min_scale=cfg.resized_crop_min, prob=cfg.resized_crop_prob, axes=cfg.resized_crop_axes,
+                               seed=seed * 10 + 8))
     if cfg.freq_mixstyle_prob > 0 and cfg.freq_mixstyle_alpha > 0 and not waveform:
         out.append(FreqMixStyle(prob=cfg.freq_mixstyle_prob, alpha=cfg.freq_mixstyle_alpha, seed=seed * 10 + 9))
     if cfg.specmix_prob > 0 and not waveform:
