@@ -99,8 +99,7 @@ class ModelConfig:
     # mobilenet: halve time and frequency by 2x2 pooling after each block, or early (a stride-2 stem, pooling before projections)
     downsample: Literal["pool", "early"] = "pool"
     dropout: float = field(default=0.2, metadata=_range(0.0, 0.95))
-    # How frames become a clip: avgmax (mean + max over time) or attention (per-class attention
-    # weights over time applied to per-frame logits).
+    # How frames become a clip: avgmax (mean + max over time) or attention (per-class, on frame logits).
     pooling: Literal["avgmax", "attention"] = "avgmax"
     rnn_cell: Literal["gru", "lstm"] = "gru"  # crnn and rnn
     rnn_hidden: int = field(default=128, metadata=_range(4, 4096))  # per direction (bidirectional)
