@@ -20,6 +20,7 @@ TRANSFORMS = {
     "gain": lambda s: Gain(max_db=6.0, seed=s),
     "masks": lambda s: SpecAugment(time_masks=2, time_mask_frames=10, freq_masks=2, freq_mask_bins=4, seed=s),
     "mixup": lambda s: Mixup(alpha=0.4, prob=1.0, targets="weighted", seed=s),
+    "mixup_three": lambda s: Mixup(alpha=1.0, prob=0.7, targets="or", seed=s, domain="power", sources=3),
     "eq": lambda s: RandomEQ(max_db=6.0, seed=s),
     "freq_shift": lambda s: FreqShift(max_bins=3, seed=s),
     "stretch": lambda s: TimeStretch(max_change=0.25, seed=s),
@@ -51,7 +52,7 @@ def test_same_seed_same_result_and_state_resumes(name):
     first = a(x, y)[0]
     a.load_state_dict(saved)
     assert torch.equal(a(x, y)[0], first)
-    assert not torch.equal(first, TRANSFORMS[name](4)(x, y)[0]) or name == "mixup"
+    assert not torch.equal(first, TRANSFORMS[name](4)(x, y)[0]) or name.startswith("mixup")
 
 
 def test_time_shift_is_a_circular_roll():
@@ -121,12 +122,17 @@ def test_masks_cover_spans_with_the_clip_mean():
             assert torch.allclose(out[i, 0, :, changed[i]], x[i].mean().expand(16, int(changed[i].sum())))
 
 
+def pair(lam, perm):
+    """Mixup parameters that mix each clip with one partner, ``perm``, at weight ``lam``."""
+    return {"lam": torch.tensor(lam), "perms": torch.as_tensor(perm)[None], "split": torch.ones(1, len(lam))}
+
+
 def test_mixup_targets_weighted_and_or():
     x, y = batch()
     weighted = Mixup(alpha=0.4, prob=1.0, targets="weighted", seed=0)
     params = weighted.sample(x)
     mx, my = weighted.apply(x, y, params)
-    lam, perm = params["lam"], params["perm"]
+    lam, perm = params["lam"], params["perms"][0]
     torch.testing.assert_close(my, lam[:, None] * y + (1 - lam[:, None]) * y[perm])
     torch.testing.assert_close(mx, lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[perm])
     assert torch.allclose(my.sum(1), torch.ones(len(y)))
@@ -140,34 +146,63 @@ def test_power_domain_mixup_adds_the_two_sounds_powers():
     t = Mixup(alpha=0.4, prob=1.0, targets="weighted", seed=0, domain="power")
     params = t.sample(x)
     mx, _ = t.apply(x, y, params)
-    lam, perm = params["lam"], params["perm"]
+    lam, perm = params["lam"], params["perms"][0]
     expected = 10 * np.log10(lam.numpy()[:, None, None, None] * 10 ** (x.numpy() / 10)
                              + (1 - lam.numpy()[:, None, None, None]) * 10 ** (x[perm].numpy() / 10))
     np.testing.assert_allclose(mx.numpy(), expected, rtol=1e-4, atol=1e-3)
     # a loud sound mixed with a much quieter one keeps (about) the loud one's level
     loud, quiet = torch.zeros(1, 1, 1, 1), torch.full((1, 1, 1, 1), -60.0)
     both = torch.cat([loud, quiet])
-    out, _ = t.apply(both, torch.eye(2), {"lam": torch.tensor([0.5, 0.5]), "perm": torch.tensor([1, 0])})
+    out, _ = t.apply(both, torch.eye(2), pair([0.5, 0.5], [1, 0]))
     assert abs(float(out[0]) - 10 * np.log10(0.5)) < 0.01
 
 
 def test_power_domain_mixup_mixes_only_db_channels_as_powers_and_a_waveform_by_power():
     x, y = batch()
     x = torch.cat([x * 10 - 40, x], dim=1)  # channel 0 in dB, channel 1 e.g. a delta
-    params = {"lam": torch.full((len(x),), 0.25), "perm": torch.roll(torch.arange(len(x)), 1)}
+    params = pair([0.25] * len(x), torch.roll(torch.arange(len(x)), 1))
     t = Mixup(alpha=1.0, prob=1.0, targets="or", seed=0, domain="power", db_channels=[True, False])
     mx, _ = t.apply(x, y, params)
     p = 10 ** (x[:, :1].double() / 10)
-    expected_db = 10 * torch.log10(0.25 * p + 0.75 * p[params["perm"]])
+    expected_db = 10 * torch.log10(0.25 * p + 0.75 * p[params["perms"][0]])
     torch.testing.assert_close(mx[:, :1].double(), expected_db, rtol=1e-4, atol=1e-3)
-    torch.testing.assert_close(mx[:, 1:], 0.25 * x[:, 1:] + 0.75 * x[params["perm"], 1:])
+    torch.testing.assert_close(mx[:, 1:], 0.25 * x[:, 1:] + 0.75 * x[params["perms"][0], 1:])
     # a waveform: independent noises mixed at lam keep lam of one power and 1 - lam of the other
     g = torch.Generator().manual_seed(0)
     wave = torch.randn(2, 1, 1, 200_000, generator=g) * torch.tensor([1.0, 3.0])[:, None, None, None]
     w = Mixup(alpha=1.0, prob=1.0, targets="or", seed=0, domain="power", waveform=True)
-    mixed, _ = w.apply(wave, torch.eye(2), {"lam": torch.tensor([0.25, 1.0]), "perm": torch.tensor([1, 0])})
+    mixed, _ = w.apply(wave, torch.eye(2), pair([0.25, 1.0], [1, 0]))
     assert float(mixed[0].pow(2).mean()) == pytest.approx(0.25 * 1 + 0.75 * 9, rel=0.02)
     assert torch.equal(mixed[1], wave[1])  # lam = 1: untouched
+
+
+def test_mixup_of_three_sources_adds_three_powers_and_unites_their_labels():
+    x, y = batch(b=400, f=2, t=3, k=4)
+    x = x * 10 - 40
+    t = Mixup(alpha=1.0, prob=0.5, targets="or", seed=0, domain="power", sources=3)
+    params = t.sample(x)
+    lam, perms, split = params["lam"], params["perms"], params["split"]
+    assert perms.shape == (2, 400) and split.shape == (2, 400)
+    joined = (split > 0).sum(0)
+    # each partner joins at prob: none / one / both partners ~ 1/4, 1/2, 1/4 of the clips
+    np.testing.assert_allclose([(joined == n).float().mean() for n in range(3)], [0.25, 0.5, 0.25], atol=0.07)
+    assert torch.equal(lam == 1, joined == 0)
+    torch.testing.assert_close(split[:, joined > 0].sum(0), torch.ones(int((joined > 0).sum())))
+    # all three join: Dirichlet(1, 1, 1), the clip's own weight averages 1/3
+    assert abs(float(lam[joined == 2].mean()) - 1 / 3) < 0.06
+    mx, my = t.apply(x, y, params)
+    weights = torch.stack([lam, (1 - lam) * split[0], (1 - lam) * split[1]])[:, :, None, None, None]
+    sources = torch.stack([x, x[perms[0]], x[perms[1]]])
+    expected = 10 * torch.log10((weights * 10 ** (sources / 10)).sum(0))
+    torch.testing.assert_close(mx[joined > 0], expected[joined > 0], rtol=1e-4, atol=1e-3)
+    assert torch.equal(mx[joined == 0], x[joined == 0]) and torch.equal(my[joined == 0], y[joined == 0])
+    expected_y = torch.maximum(y, torch.where((split[0] > 0)[:, None], y[perms[0]], 0))
+    expected_y = torch.maximum(expected_y, torch.where((split[1] > 0)[:, None], y[perms[1]], 0))
+    torch.testing.assert_close(my, expected_y)
+    _, wy = Mixup(alpha=1.0, prob=0.5, targets="weighted", seed=0, sources=3).apply(x, y, params)
+    torch.testing.assert_close(wy.sum(1), torch.ones(len(y)))
+    mixup = next(m for m in build_transforms(AugmentConfig(mixup_sources=3), seed=0) if isinstance(m, Mixup))
+    assert mixup.sources == 3
 
 
 def test_mixup_probability_zero_is_identity_and_config_switches_parts_off():

@@ -144,9 +144,9 @@ class AugmentConfig:
     mixup_alpha: float = field(default=1.0, metadata=_range(0.0))
     mixup_prob: float = field(default=0.5, metadata=_range(0.0, 1.0))
     mixup_targets: Literal["weighted", "or"] = "or"
-    # "power": mix the dB channels as powers, i.e. as two sounds playing at once (other channels
-    # linearly, a waveform with square-root weights); "db": mix the features as they are.
+    # "power": mix dB channels as powers, i.e. sounds playing at once (others linearly); "db": as they are.
     mixup_domain: Literal["db", "power"] = "power"
+    mixup_sources: int = field(default=2, metadata=_range(2, 8))  # up to this many clips; each partner joins at mixup_prob
     time_masks: int = field(default=2, metadata=_range(0, 20))
     time_mask_frames: int = field(default=20, metadata=_range(0))
     freq_masks: int = field(default=2, metadata=_range(0, 20))

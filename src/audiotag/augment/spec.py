@@ -263,44 +263,62 @@ class Mixup(_Transform):
     ``x = lam * x + (1 - lam) * x[perm]``, ``lam ~ Beta(alpha, alpha)`` per clip. Targets are mixed
     with the same weights (``weighted``) or united (``or``: a clip holds both sounds).
 
+    ``sources`` > 2 mixes up to that many clips: each further partner joins with probability
+    ``prob``, and the weights of the clips that take part are Dirichlet(alpha, ...); with 2 this
+    is the mixup above, drawn from the same random stream.
+
     ``domain="power"`` mixes the dB channels (``db_channels``, a flag per channel; all when None)
-    as powers, ``10 log10(lam 10^(x/10) + ...)``: the features of the two sounds played together,
-    rather than an average of two pictures. Other channels (deltas, cepstra, ...) are mixed
-    linearly, and a raw waveform (``waveform``) with weights ``sqrt(lam)``, ``sqrt(1 - lam)``, which
-    mix the two clips' powers in the same proportion."""
+    as powers, ``10 log10(lam 10^(x/10) + ...)``: the features of the sounds played together,
+    rather than an average of pictures. Other channels (deltas, cepstra, ...) are mixed
+    linearly, and a raw waveform (``waveform``) with square-root weights, which mix the clips'
+    powers in the same proportion."""
 
     def __init__(self, *, alpha: float, prob: float, targets: str, seed: int, domain: str = "db",
-                 db_channels: list[bool] | None = None, waveform: bool = False):
+                 db_channels: list[bool] | None = None, waveform: bool = False, sources: int = 2):
         super().__init__(seed=seed)
         self.alpha, self.prob, self.targets, self.domain = alpha, prob, targets, domain
-        self.mask, self.waveform = _channel_mask(db_channels), waveform
+        self.mask, self.waveform, self.sources = _channel_mask(db_channels), waveform, sources
 
     def sample(self, x):
-        b = x.shape[0]
-        # Beta(a, a) from two Gammas, drawn with this transform's own generator.
-        g1 = torch._standard_gamma(torch.full((b,), self.alpha), generator=self.generator)
-        g2 = torch._standard_gamma(torch.full((b,), self.alpha), generator=self.generator)
-        lam = g1 / (g1 + g2)
-        use = self._uniform(b) < self.prob
-        return {"lam": torch.where(use, lam, torch.ones(b)), "perm": torch.randperm(b, generator=self.generator)}
+        b, partners = x.shape[0], self.sources - 1
+        # Dirichlet(a, ...) from Gammas, drawn with this transform's own generator.
+        g = torch.stack([torch._standard_gamma(torch.full((b,), self.alpha), generator=self.generator)
+                         for _ in range(self.sources)])
+        joins = self._uniform(partners, b) < self.prob
+        g[1:] = torch.where(joins, g[1:], torch.zeros(()))
+        # Each partner's share of 1 - lam (0 when it does not join): one partner's weight is exactly 1 - lam.
+        split = g[1:] / g[1:].sum(0).clamp_min(1e-30)
+        perms = torch.stack([torch.randperm(b, generator=self.generator) for _ in range(partners)])
+        return {"lam": g[0] / g.sum(0), "perms": perms, "split": split}
 
     def apply(self, x, y, params):
-        lam, perm = params["lam"], params["perm"]
+        lam, perms, split = params["lam"], params["perms"], params["split"]
         w = lam.to(x.dtype)[:, None, None, None]
+        shares = [(1 - w) * s.to(x.dtype)[:, None, None, None] for s in split]
+
+        def mix(values, weight):  # weight maps a mixing weight to the factor of `values`
+            out = weight(w) * values
+            for perm, share in zip(perms, shares):
+                out = out + weight(share) * values[perm]
+            return out
+
         if self.domain != "power":
-            mixed_x = w * x + (1 - w) * x[perm]
+            mixed_x = mix(x, lambda v: v)
         elif self.waveform:
-            mixed_x = torch.sqrt(w) * x + torch.sqrt(1 - w) * x[perm]
+            mixed_x = mix(x, torch.sqrt)
         else:
-            power = torch.pow(10.0, x / 10)
-            mixed_x = 10 * torch.log10((w * power + (1 - w) * power[perm]).clamp_min(1e-10))
+            mixed_x = 10 * torch.log10(mix(torch.pow(10.0, x / 10), lambda v: v).clamp_min(1e-10))
             if self.mask is not None:
-                mixed_x = torch.where(self.mask.to(x.device) > 0, mixed_x, w * x + (1 - w) * x[perm])
+                mixed_x = torch.where(self.mask.to(x.device) > 0, mixed_x, mix(x, lambda v: v))
         mixed_x = torch.where(w == 1, x, mixed_x)  # unmixed clips stay bit-identical
         if self.targets == "or":
-            mixed_y = torch.where((lam < 1)[:, None], torch.maximum(y, y[perm]), y)
+            mixed_y = y
+            for perm, s in zip(perms, split):
+                mixed_y = torch.where(((lam < 1) & (s > 0))[:, None], torch.maximum(mixed_y, y[perm]), mixed_y)
         else:
-            mixed_y = lam[:, None] * y + (1 - lam[:, None]) * y[perm]
+            mixed_y = lam[:, None] * y
+            for perm, s in zip(perms, split):
+                mixed_y = mixed_y + ((1 - lam) * s)[:, None] * y[perm]
         return mixed_x, mixed_y
 
 
@@ -336,5 +354,6 @@ def build_transforms(cfg: AugmentConfig, *, seed: int, channels: list[str] | Non
                                freq_masks=freq_masks, freq_mask_bins=cfg.freq_mask_bins, seed=seed * 10 + 3))
     if cfg.mixup_alpha > 0 and cfg.mixup_prob > 0:
         out.append(Mixup(alpha=cfg.mixup_alpha, prob=cfg.mixup_prob, targets=cfg.mixup_targets, seed=seed * 10 + 4,
-                         domain=cfg.mixup_domain, db_channels=db_channels, waveform=waveform))
+                         domain=cfg.mixup_domain, db_channels=db_channels, waveform=waveform,
+                         sources=cfg.mixup_sources))
     return out
