@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import label_ranking_average_precision_score
 
-from audiotag.metrics import lwlrap, per_class_lwlrap
+from audiotag.metrics import lwlrap, lwlrap_by_label_count, per_class_lwlrap
 
 from conftest import shared_path
 
@@ -51,6 +51,22 @@ def test_per_class_scores_weighted_sum_to_the_total():
     truth[:, 3] = 0
     per_class, weights = per_class_lwlrap(truth, scores)
     assert np.isnan(per_class[3]) and weights[3] == 0
+
+
+def test_by_label_count_is_each_group_of_clips_own_lwlrap_and_weights_to_the_total():
+    truth, scores = random_case(np.random.default_rng(4), n=200, c=6)
+    truth[:5] = 0
+    truth[5:10] = 1  # a few clips with every label
+    rows = lwlrap_by_label_count(truth, scores)
+    counts = truth.sum(1)
+    assert [r["labels"] for r in rows] == sorted(set(counts[counts > 0]))
+    for r in rows:
+        group = counts == r["labels"]
+        assert r["clips"] == group.sum()
+        assert r["lwlrap"] == pytest.approx(naive_lwlrap(truth[group], scores[group]), abs=1e-12)
+    assert sum(r["weight"] for r in rows) == pytest.approx(1.0)
+    assert sum(r["lwlrap"] * r["weight"] for r in rows) == pytest.approx(lwlrap(truth, scores))
+    assert rows[-1] == {"labels": 6, "clips": 5, "lwlrap": 1.0, "weight": pytest.approx(30 / truth.sum())}
 
 
 def test_known_values():

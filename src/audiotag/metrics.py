@@ -26,7 +26,7 @@ def _pair_precisions(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray,
     order = np.argsort(scores, axis=1, kind="stable")[:, ::-1]  # best first
     hits = np.take_along_axis(truth, order, axis=1)
     precision = np.cumsum(hits, axis=1) / np.arange(1, truth.shape[1] + 1)
-    return order[hits], precision[hits]
+    return order[hits], precision[hits]  # row-major: the pairs of clip 0 first, then clip 1, ...
 
 
 def lwlrap(truth: np.ndarray, scores: np.ndarray) -> float:
@@ -47,3 +47,15 @@ def per_class_lwlrap(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray,
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(positives > 0, sums / positives, np.nan)
     return per_class, positives / max(positives.sum(), 1)
+
+
+def lwlrap_by_label_count(truth: np.ndarray, scores: np.ndarray) -> list[dict]:
+    """lwlrap of the positive pairs of the clips with 1, 2, 3, ... labels: a row per count present,
+    ``{"labels", "clips", "lwlrap", "weight"}``; ``sum(lwlrap * weight) == lwlrap(truth, scores)``.
+
+    Clips with several sounds are where a tagger misses the quieter ones; this shows how much."""
+    _, precisions = _pair_precisions(truth, scores)
+    counts = (np.asarray(truth) > 0).sum(1)
+    pair_counts = np.repeat(counts, counts)  # each pair's clip's label count, in _pair_precisions' order
+    return [{"labels": int(k), "clips": int((counts == k).sum()), "lwlrap": float(precisions[pair_counts == k].mean()),
+             "weight": float((pair_counts == k).mean())} for k in np.unique(counts[counts > 0])]

@@ -111,6 +111,9 @@ def cmd_score(args) -> int:
         for row in sorted(result["per_class"], key=lambda r: (r["lwlrap"] is None, -(r["lwlrap"] or 0))):
             value = "-" if row["lwlrap"] is None else f"{row['lwlrap']:.4f}"
             print(f"{row['label']:40s} {value:>8s} {row['positives']:9d} {row['weight']:7.4f}")
+    if len(result["by_label_count"]) > 1:
+        print("by labels per clip: " + "; ".join(f"{row['labels']}: {row['lwlrap']:.4f} ({row['clips']} clips)"
+                                                  for row in result["by_label_count"]))
     print(f"{result['clips']} clips; lwlrap: {result['lwlrap']:.6f}")
     return 0
 
@@ -119,7 +122,8 @@ def add_score(subs, shared: Shared) -> None:
     p = add_subcommand(
         subs, "score", "lwlrap of a submission against ground truth",
         "Validate a submission as Kaggle did (header, one row per test clip, finite numbers) and print its "
-        "lwlrap; --per-class adds each label's lwlrap, positives and weight.",
+        "lwlrap, and its lwlrap on the clips with 1, 2, 3, ... labels when they differ; --per-class adds each "
+        "label's lwlrap, positives and weight.",
         "audiotag score submission.csv --truth data/fat2019/test_labels.csv --per-class")
     p.add_argument("submission", metavar="SUBMISSION")
     p.add_argument("--truth", required=True, metavar="LABELS_CSV", help="fname,labels ground truth")

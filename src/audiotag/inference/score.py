@@ -9,7 +9,7 @@ import numpy as np
 
 from ..data.csvio import read_vocabulary
 from ..errors import DataError
-from ..metrics import lwlrap, per_class_lwlrap
+from ..metrics import lwlrap, lwlrap_by_label_count, per_class_lwlrap
 
 
 def _read_vocabulary_for(truth: Path, explicit: Path | None, header: list[str]) -> list[str]:
@@ -93,6 +93,6 @@ def score_submission(submission: str | Path, truth: str | Path, *, vocabulary: s
             y[i, index[label]] = 1
     s = np.stack([scores[n] for n in names])
     per_class, weights = per_class_lwlrap(y, s)
-    return {"lwlrap": lwlrap(y, s), "clips": len(names),
+    return {"lwlrap": lwlrap(y, s), "clips": len(names), "by_label_count": lwlrap_by_label_count(y, s),
             "per_class": [{"label": label, "lwlrap": None if np.isnan(p) else float(p), "weight": float(w),
                            "positives": int(y[:, i].sum())} for i, (label, p, w) in enumerate(zip(labels, per_class, weights))]}
