@@ -28,6 +28,7 @@ TRANSFORMS = {
     "resized_crop_some": lambda s: ResizedCrop(min_scale=0.6, prob=0.5, seed=s),
     "resized_crop_bands": lambda s: ResizedCrop(min_scale=0.6, axes="bands", seed=s),
     "resized_crop_time": lambda s: ResizedCrop(min_scale=0.6, axes="time", seed=s),
+    "resized_crop_out": lambda s: ResizedCrop(min_scale=0.8, max_scale=1.25, prob=0.5, seed=s),
     "freq_mixstyle": lambda s: FreqMixStyle(prob=1.0, alpha=0.3, seed=s),
     "specmix": lambda s: SpecMix(prob=1.0, seed=s),
 }
@@ -261,6 +262,31 @@ def test_resized_crop_zooms_into_the_chosen_part_by_bilinear_interpolation():
     drawn = crop.sample(x)
     assert ((drawn["scale"] >= 0.5) & (drawn["scale"] <= 1)).all()
     assert (drawn["centre"].abs() <= 1 - drawn["scale"] + 1e-6).all()  # the window stays inside the crop
+
+
+def test_resized_crop_zooming_out_shrinks_the_crop_into_a_floor_of_its_quietest_value():
+    f, t = 16, 40
+    ramp = torch.arange(f, dtype=torch.float32)[:, None] * 2 + torch.arange(t, dtype=torch.float32)[None, :]
+    x = torch.stack([ramp - 80, -ramp])[None]  # two channels, each with its own quietest value
+    crop = ResizedCrop(min_scale=0.8, max_scale=1.25, seed=0)
+    out, _ = crop.apply(x, torch.eye(1), {"scale": torch.tensor([[1.25, 1.25]]), "centre": torch.tensor([[0.0, 0.0]])})
+    floor = x.amin(dim=(2, 3))[0]
+    # a window 1.25x the crop: its outer tenth on each side lies beyond the crop and reads the floor
+    for c in range(2):
+        assert torch.equal(out[0, c, :, :2], floor[c].expand(f, 2)) and torch.equal(out[0, c, :, -2:], floor[c].expand(f, 2))
+        assert torch.equal(out[0, c, :1], floor[c].expand(1, t)) and torch.equal(out[0, c, -1:], floor[c].expand(1, t))
+    # inside, the crop shrunk by bilinear interpolation: on a ramp, the ramp at the source position
+    src_i = ((1.25 * ((2 * torch.arange(f) + 1) / f - 1)) + 1) * f / 2 - 0.5
+    src_j = ((1.25 * ((2 * torch.arange(t) + 1) / t - 1)) + 1) * t / 2 - 0.5
+    rows, cols = (src_i >= 0) & (src_i <= f - 1), (src_j >= 0) & (src_j <= t - 1)
+    expected = src_i[rows][:, None] * 2 + src_j[cols][None, :] - 80
+    torch.testing.assert_close(out[0, 0][rows][:, cols], expected, atol=1e-3, rtol=0)
+    drawn = crop.sample(torch.zeros(2000, 1, f, t))
+    scale, centre = drawn["scale"], drawn["centre"]
+    assert ((scale >= 0.8) & (scale <= 1.25)).all() and (scale > 1).float().mean() > 0.5  # 1 to 1.25 is 5/9 of the range
+    assert (centre.abs() <= (1 - scale).abs() + 1e-6).all()  # zoomed out, the crop stays inside the window
+    cfg = AugmentConfig(resized_crop_min=1.0, resized_crop_max=1.2)
+    assert [t.max_scale for t in build_transforms(cfg, seed=0) if isinstance(t, ResizedCrop)] == [1.2]
 
 
 @pytest.mark.parametrize("axes", ["time", "bands"])

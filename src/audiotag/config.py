@@ -157,6 +157,7 @@ class AugmentConfig:
     time_stretch: float = field(default=0.0, metadata=_range(0.0, 1.0))  # tempo change up to x(1 +- this)
     time_shift: bool = True  # circular shift of each crop
     resized_crop_min: float = field(default=0.8, metadata=_range(0.1, 1.0))  # zoom into this share (to 1) per axis
+    resized_crop_max: float = field(default=1.0, metadata=_range(1.0, 2.0))  # > 1: zoom out too, up to this
     resized_crop_prob: float = field(default=0.33, metadata=_range(0.0, 1.0))  # share of crops zoomed into
     resized_crop_axes: Literal["both", "time", "bands"] = "both"  # or along one axis alone
     freq_mixstyle_prob: float = field(default=0.0, metadata=_range(0.0, 1.0))  # frequency-wise MixStyle
@@ -195,8 +196,7 @@ class NoisyConfig:
     lq_q: float = field(default=0.7, metadata=_range(0.0, 1.0, lo_open=True))
     drop_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9))
     max_clips: int | None = field(default=None, metadata=_range(1))  # use at most this many noisy clips
-    # pretrain: epochs on the noisy set (shared by all folds); fine-tuning then runs train.epochs at
-    # train.lr * finetune_lr_scale.
+    # pretrain: epochs on the noisy set (shared by all folds), then train.epochs at train.lr * finetune_lr_scale
     pretrain_epochs: int = field(default=30, metadata=_range(1, 10000))
     finetune_lr_scale: float = field(default=0.5, metadata=_range(0.0, 10.0, lo_open=True))
     teacher: str | None = None  # pseudo: a finished curated-only run whose fold models never saw the noisy clips

@@ -168,16 +168,19 @@ class ResizedCrop(_Transform):
     interpolation (torchvision's RandomResizedCrop on the spectrogram, credited most by FAT2019's
     first-place team, who zoomed into a third of the crops: ``prob``). The sound gets slower and its
     spectrum spreads over more bands, as a different recording of the same source might. ``axes``
-    zooms along ``time`` alone (a tempo change) or the ``bands`` alone (a pitch change) instead."""
+    zooms along ``time`` alone (a tempo change) or the ``bands`` alone (a pitch change) instead.
+    ``max_scale`` > 1 zooms out as well: a window up to that share of each axis, the part beyond the
+    crop filled with the crop's quietest value, so the sound gets faster and lower as often as
+    slower and higher."""
 
-    def __init__(self, *, min_scale: float, seed: int, prob: float = 1.0, axes: str = "both"):
+    def __init__(self, *, min_scale: float, seed: int, prob: float = 1.0, axes: str = "both", max_scale: float = 1.0):
         super().__init__(seed=seed)
-        self.min_scale, self.prob, self.axes = min_scale, prob, axes
+        self.min_scale, self.max_scale, self.prob, self.axes = min_scale, max_scale, prob, axes
 
     def sample(self, x):
         b = x.shape[0]
-        scale = self.min_scale + (1 - self.min_scale) * self._uniform(b, 2)  # (B, [time, bands])
-        centre = (self._uniform(b, 2) * 2 - 1) * (1 - scale)  # within [-1, 1] in grid units
+        scale = self.min_scale + (self.max_scale - self.min_scale) * self._uniform(b, 2)  # (B, [time, bands])
+        centre = (self._uniform(b, 2) * 2 - 1) * (1 - scale)  # the window within the crop, or the crop within it
         if self.axes != "both":  # the other axis is drawn all the same: every setting shares the random stream
             kept = 1 if self.axes == "time" else 0
             scale[:, kept], centre[:, kept] = 1.0, 0.0
@@ -192,8 +195,13 @@ class ResizedCrop(_Transform):
         theta[:, 0, 0], theta[:, 0, 2] = scale[:, 0], centre[:, 0]  # grid x: time (the last axis)
         theta[:, 1, 1], theta[:, 1, 2] = scale[:, 1], centre[:, 1]  # grid y: bands
         grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-        out = torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border",
-                                              align_corners=False).to(x.dtype)
+        if self.max_scale > 1:  # beyond the crop: its quietest value, per channel
+            floor = x.float().amin(dim=(2, 3), keepdim=True)
+            out = torch.nn.functional.grid_sample(x.float() - floor, grid, mode="bilinear", padding_mode="zeros",
+                                                  align_corners=False).add(floor).to(x.dtype)
+        else:
+            out = torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border",
+                                                  align_corners=False).to(x.dtype)
         if "use" in params:  # crops left as they are stay bit-identical
             out = torch.where(params["use"][:, None, None, None], out, x)
         return out, y
@@ -341,8 +349,9 @@ def build_transforms(cfg: AugmentConfig, *, seed: int, channels: list[str] | Non
         out.append(FreqShift(max_bins=cfg.freq_shift_bins, seed=seed * 10 + 6))
     if cfg.time_stretch > 0 and not waveform:
         out.append(TimeStretch(max_change=cfg.time_stretch, seed=seed * 10 + 7))
-    if cfg.resized_crop_min < 1 and cfg.resized_crop_prob > 0 and not waveform:
+    if (cfg.resized_crop_min < 1 or cfg.resized_crop_max > 1) and cfg.resized_crop_prob > 0 and not waveform:
         out.append(ResizedCrop(min_scale=cfg.resized_crop_min, prob=cfg.resized_crop_prob, axes=cfg.resized_crop_axes,
+                               max_scale=cfg.resized_crop_max,
                                seed=seed * 10 + 8))
     if cfg.freq_mixstyle_prob > 0 and cfg.freq_mixstyle_alpha > 0 and not waveform:
         out.append(FreqMixStyle(prob=cfg.freq_mixstyle_prob, alpha=cfg.freq_mixstyle_alpha, seed=seed * 10 + 9))
