@@ -42,6 +42,8 @@ def test_the_page_has_every_section_and_only_embedded_images(report):
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     for stage in ("baseline", "freqpos", "blend (final)"):
         assert f"<td>{stage}</td>" in text
+    # lwlrap by labels per clip, out of fold and on test: the demo mixes several sounds per clip
+    assert text.count("<th>labels per clip</th>") == 2 and "<td>1</td>" in text
 
 
 def _browser():

@@ -29,7 +29,7 @@ from .. import fsutil  # noqa: E402
 from ..audio.io import load_audio  # noqa: E402
 from ..errors import AudiotagError  # noqa: E402
 from ..features.frontend import FrontEnd  # noqa: E402
-from ..metrics import lwlrap, per_class_lwlrap  # noqa: E402
+from ..metrics import lwlrap, lwlrap_by_label_count, per_class_lwlrap  # noqa: E402
 from ..ensemble.budget import kaggle_minutes  # noqa: E402
 from ..runs import Run, read_oof_predictions, read_predictions  # noqa: E402
 from .inspect import inspect_dataset  # noqa: E402
@@ -220,6 +220,10 @@ def build_report(target: str | Path, out: str | Path, *, ablations: list[str | P
         values, _ = per_class_lwlrap(truth, probs[keep])
         plot = _per_class_plot(labels, values, f"{final}: {short} lwlrap {lwlrap(truth, probs[keep]):.4f}")
         parts += [f"<h2>Per-class lwlrap ({title})</h2>", _fig_img(plot, f"per-class {short} lwlrap")]
+        groups = lwlrap_by_label_count(truth, probs[keep])
+        if len(groups) > 1:  # where a model misses the quieter of several sounds
+            parts.append(_table(["labels per clip", "clips", f"{short} lwlrap", "share of positive labels"],
+                                [[g["labels"], g["clips"], f"{g['lwlrap']:.4f}", f"{g['weight']:.3f}"] for g in groups]))
 
     for name, r in stages.items():
         if r["kind"] == "ensemble" and (Path(r["folder"]) / "correlation.png").exists():
