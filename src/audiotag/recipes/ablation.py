@@ -65,7 +65,7 @@ DEFAULT_REPRESENTATIONS = ("logmel", "logmel_deltas", "mfcc", "cqt", "logmel_pha
 # Levers aimed at recordings never heard (issue 30), each alone against the curated-only default.
 LEVERS: dict[str, dict[str, object]] = {
     "ema": {"train.ema_decay": 0.999},
-    "no_resized_crop": {"augment.resized_crop_min": 1.0},  # on by default since 2026-12-05
+    "no_resized_crop": {"augment.resized_crop_prob": 0.0},  # on by default since 2026-12-05
     "freq_mixstyle": {"augment.freq_mixstyle_prob": 0.4},
     "specmix": {"augment.specmix_prob": 0.3},
     "random_eq": {"augment.eq_db": 6.0},
