@@ -210,7 +210,7 @@ def test_mixup_probability_zero_is_identity_and_config_switches_parts_off():
     x, y = batch()
     mx, my = Mixup(alpha=0.4, prob=0.0, targets="weighted", seed=0)(x, y)
     assert torch.equal(mx, x) and torch.equal(my, y)
-    off = AugmentConfig(mixup_alpha=0, time_masks=0, freq_masks=0, gain_db=0, time_shift=False, resized_crop_min=1)
+    off = AugmentConfig(mixup_alpha=0, time_masks=0, freq_masks=0, gain_db=0, time_shift=False, resized_crop_prob=0)
     assert build_transforms(off, seed=0) == []
     names = [type(t).__name__ for t in build_transforms(AugmentConfig(eq_db=3, freq_shift_bins=2, time_stretch=0.2),
                                                        seed=0)]
@@ -219,7 +219,7 @@ def test_mixup_probability_zero_is_identity_and_config_switches_parts_off():
     names = [type(t).__name__ for t in build_transforms(AugmentConfig(mixup_alpha=0), seed=0)]
     assert names == ["TimeShift", "Gain", "ResizedCrop", "SpecAugment"]
     crop = next(t for t in build_transforms(AugmentConfig(), seed=0) if isinstance(t, ResizedCrop))
-    assert (crop.min_scale, crop.prob) == (0.8, 0.33)  # the default: FAT2019's first place's share and zoom
+    assert (crop.min_scale, crop.max_scale, crop.prob) == (0.8, 1.25, 0.33)  # FAT2019's first place's share, zooming out too
 
 
 def test_gain_and_eq_move_only_the_db_channels_and_a_waveform_is_scaled():

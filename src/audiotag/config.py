@@ -157,7 +157,7 @@ class AugmentConfig:
     time_stretch: float = field(default=0.0, metadata=_range(0.0, 1.0))  # tempo change up to x(1 +- this)
     time_shift: bool = True  # circular shift of each crop
     resized_crop_min: float = field(default=0.8, metadata=_range(0.1, 1.0))  # zoom into this share (to 1) per axis
-    resized_crop_max: float = field(default=1.0, metadata=_range(1.0, 2.0))  # > 1: zoom out too, up to this
+    resized_crop_max: float = field(default=1.25, metadata=_range(1.0, 2.0))  # > 1: zoom out too, up to this
     resized_crop_prob: float = field(default=0.33, metadata=_range(0.0, 1.0))  # share of crops zoomed into
     resized_crop_axes: Literal["both", "time", "bands"] = "both"  # or along one axis alone
     freq_mixstyle_prob: float = field(default=0.0, metadata=_range(0.0, 1.0))  # frequency-wise MixStyle

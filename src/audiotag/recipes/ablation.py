@@ -69,7 +69,7 @@ LEVERS: dict[str, dict[str, object]] = {
     "freq_mixstyle": {"augment.freq_mixstyle_prob": 0.4},
     "specmix": {"augment.specmix_prob": 0.3},
     "random_eq": {"augment.eq_db": 6.0},
-    "zoom_out": {"augment.resized_crop_max": 1.25},
+    "no_zoom_out": {"augment.resized_crop_max": 1.0},  # zooming out too is the default since 2026-12-06
     "mixup_three": {"augment.mixup_sources": 3},
     "band_context2": {"model.band_context_blocks": 2},
     "band_context2_w48": {"model.band_context_blocks": 2, "model.width": 48},
