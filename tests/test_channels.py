@@ -213,6 +213,7 @@ def test_waveform_frames_hold_the_samples_on_the_log_mel_grid():
     (["model.name=wavecnn"], "wavecnn"),
     (["features.kind=waveform", "model.name=wavecnn", "features.deltas=true"], "waveform takes no"),
     (["features.channels=[mfc]"], "mfcc"),
+    (["features.channels=[mfcc,chroma]", "train.crop_energy=1"], "weighs crops by their power"),
 ])
 def test_channel_settings_that_cannot_work_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -43,6 +43,37 @@ def test_sampler_is_a_pure_function_of_seed_stream_and_epoch():
     assert not all(torch.equal(a, c) for a, c in zip(first, stream))
 
 
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_crop_energy_draws_starts_in_proportion_to_the_crops_power(power):
+    n, crop, copies = 100, 16, 400
+    db = np.full((4, n), -60.0)
+    db[:, 60:70] = 0.0  # a short event in a long, quiet clip
+    db[:2, 20:30] = -10.0  # a fainter one in half the bands
+    clip = np.stack([np.tile(np.arange(n, dtype=np.float32), (4, 1)), db])  # channel 0 names the frame
+    b = ClipBank([clip] * copies, np.ones((copies, 1), np.float32))
+    s = CropSampler(b, crop_frames=crop, batch_size=copies, seed=0, crop_energy=power, energy_channel=1)
+    starts = np.concatenate([x[:, 0, 0, 0].numpy() for e in range(25) for x, _ in s.epoch(e)]).astype(int)
+    crops = np.array([(10 ** (db[:, t : t + crop] / 10)).mean() for t in range(n - crop + 1)])
+    expected = crops**power / (crops**power).sum()
+    seen = np.bincount(starts, minlength=n - crop + 1) / len(starts)
+    assert len(seen) == n - crop + 1 and np.abs(seen - expected).sum() / 2 < 0.03  # total variation distance
+    uniform = CropSampler(b, crop_frames=crop, batch_size=copies, seed=0)
+    quiet = np.concatenate([x[:, 0, 0, 0].numpy() for x, _ in uniform.epoch(0)]).astype(int)
+    assert ((quiet + crop <= 60) | (quiet >= 70)).mean() > 0.5  # most uniform crops miss the event
+
+
+def test_crop_energy_is_weighed_on_the_first_channel_in_db():
+    from audiotag.config import load_config
+    from audiotag.training.cv import crop_weighting
+
+    assert crop_weighting(load_config(None, [])) == {}  # off: the sampler's uniform draws, as before
+    on = ["train.crop_energy=0.5"]
+    assert crop_weighting(load_config(None, on)) == {"crop_energy": 0.5, "energy_channel": 0}
+    assert crop_weighting(load_config(None, on + ["features.channels=[mfcc,logmel]"]))["energy_channel"] == 1
+    assert crop_weighting(load_config(None, on + ["features.channels=[phase,cqt,logmel]", "features.deltas=true"])
+                          )["energy_channel"] == 1
+
+
 def test_class_balanced_sampling_favours_rare_classes():
     targets = np.zeros((10, 2), dtype=np.float32)
     targets[:9, 0] = 1

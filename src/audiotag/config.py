@@ -118,6 +118,7 @@ class TrainConfig:
     epochs: int = field(default=200, metadata=_range(1, 10000))
     batch_size: int = field(default=32, metadata=_range(1, 4096))
     crop_seconds: float = field(default=3.0, metadata=_range(0.1, 600.0))
+    crop_energy: float = field(default=0.0, metadata=_range(0.0, 4.0))  # crop starts weighted by power ** this
     pad_mode: Literal["wrap", "constant"] = "wrap"
     balanced_sampling: bool = False
     optimizer: Literal["adamw", "adam"] = "adamw"
@@ -279,6 +280,9 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError("features.channels is empty", hint="e.g. features.channels=[logmel]")
     if f.deltas and "logmel" not in f.channels:
         raise ConfigError("features.deltas = true needs logmel in features.channels (they are its deltas)")
+    if cfg.train.crop_energy > 0 and (f.kind == "waveform" or not {"logmel", "cqt"} & set(f.channels)):
+        raise ConfigError("train.crop_energy > 0 weighs crops by their power: it needs logmel or cqt in features.channels",
+                          hint="add logmel to features.channels, or set train.crop_energy=0")
     if f.kind == "waveform" and (f.channels != ["logmel"] or f.deltas):
         raise ConfigError("features.kind = waveform takes no spectral channels or deltas",
                           hint="leave features.channels and features.deltas at their defaults, or use features.kind=logmel")
@@ -359,10 +363,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
         if value in typing.get_args(tp):
             return value
         close = difflib.get_close_matches(str(value), [str(v) for v in typing.get_args(tp)], n=1)
-        raise ConfigError(
-            f"{key} = {value!r} is not one of {_type_name(tp)}",
-            hint=f"did you mean {close[0]!r}?" if close else None,
-        )
+        raise ConfigError(f"{key} = {value!r} is not one of {_type_name(tp)}",
+                          hint=f"did you mean {close[0]!r}?" if close else None)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} = {value!r} must be a list")
@@ -440,10 +442,7 @@ def _build(cls, data: dict, prefix: str = ""):
 def merge_dicts(base: dict, update: dict) -> dict:
     out = dict(base)
     for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge_dicts(out[k], v)
-        else:
-            out[k] = v
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

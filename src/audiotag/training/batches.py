@@ -45,8 +45,11 @@ class CropSampler:
     noisy_fraction: float = 0.0
     test_rows: np.ndarray | None = None
     test_fraction: float = 0.0
+    crop_energy: float = 0.0  # > 0: a crop's start drawn with weight (its mean power) ** crop_energy
+    energy_channel: int = 0  # the channel in dB of a power that weighs them
 
     def __post_init__(self):
+        self._crop_cdfs: dict[int, np.ndarray] = {}
         mask = np.zeros(len(self.bank), bool) if self.noisy is None else np.asarray(self.noisy, bool)
         test = (np.asarray(self.test_rows, bool) & mask if self.test_rows is not None and self.test_fraction > 0
                 else np.zeros(len(self.bank), bool))
@@ -105,11 +108,31 @@ class CropSampler:
         """The batches of one epoch: ``x (B, C, F, crop_frames)`` float32, ``y (B, K)`` float32."""
         rng = np.random.default_rng([self.seed, self.stream, epoch])
         for idx in self._batches(rng):
-            starts = [int(rng.integers(0, max(1, self.bank.lengths[i] - self.crop_frames + 1))) if
-                      self.bank.lengths[i] >= self.crop_frames else int(rng.integers(0, self.bank.lengths[i]))
-                      for i in idx]
+            starts = [self._start(rng, int(i)) for i in idx]
             x = np.stack([self.bank.piece(i, s, self.crop_frames, pad_mode=self.pad_mode) for i, s in zip(idx, starts)])
             yield torch.from_numpy(x), torch.from_numpy(self.bank.targets[idx].astype(np.float32))
+
+
+    def _start(self, rng: np.random.Generator, i: int) -> int:
+        n = int(self.bank.lengths[i])
+        if n < self.crop_frames:  # a short clip is wrapped: its start only moves where the repeat begins
+            return int(rng.integers(0, n))
+        if self.crop_energy <= 0:
+            return int(rng.integers(0, n - self.crop_frames + 1))
+        return min(int(np.searchsorted(self._crop_cdf(i), rng.random(), side="right")), n - self.crop_frames)
+
+    def _crop_cdf(self, i: int) -> np.ndarray:
+        """Cumulative start weights of clip ``i``: in a long clip with a short event, most uniform
+        crops hold only the background yet carry the event's label; weighting them by their power
+        makes such crops rarer."""
+        if i not in self._crop_cdfs:
+            db = np.asarray(self.bank.arrays[i][self.energy_channel], np.float64)
+            power = np.power(10.0, (db - db.max()) / 10).mean(axis=0)  # per frame, relative to the loudest bin
+            crops = np.convolve(power, np.ones(self.crop_frames), mode="valid") / self.crop_frames
+            weights = np.exp(self.crop_energy * np.log(np.maximum(crops / crops.max(), 1e-30)))
+            cdf = np.cumsum(weights)
+            self._crop_cdfs[i] = cdf / cdf[-1]
+        return self._crop_cdfs[i]
 
 
 def prefetch(batches: Iterable, *, depth: int = 3, pin_memory: bool = False) -> Iterator:

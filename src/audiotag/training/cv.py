@@ -29,7 +29,7 @@ from ..engine.mixmatch import MixMatchTrainer
 from ..engine.trainer import Trainer, lr_lambda
 from ..errors import AudiotagError, DataError
 from ..features.bank import ClipBank
-from ..features.frontend import channel_names
+from ..features.frontend import DB_CHANNELS, channel_names
 from ..inference.predict import average_folds, frames_per_second, inference_spec, predict_model
 from ..metrics import lwlrap
 from ..models import new_model
@@ -37,6 +37,15 @@ from ..runs import CLAIM, Run, claim_folder, write_predictions
 from .batches import CropSampler, prefetch
 from .context import TrainingContext
 from .noisy import NoisyPlan, noisy_loss, training_bank
+
+
+def crop_weighting(config: Config) -> dict:
+    """The sampler's crop-start weighting: ``train.crop_energy`` and the first channel in dB of a power."""
+    if config.train.crop_energy <= 0:
+        return {}
+    names = channel_names(config.features)
+    return {"crop_energy": config.train.crop_energy,
+            "energy_channel": next(i for i, name in enumerate(names) if name in DB_CHANNELS)}
 
 
 def crop_frames(config: Config) -> int:
@@ -176,7 +185,8 @@ def pretrain_on_noisy(ctx: TrainingContext) -> Path:
         [plan.given, np.ones((len(plan.clips), 1), np.float32)], axis=1))
     curated = ClipBank.from_features(ctx.features, ctx.train_clips, ctx.targets(ctx.train_clips))
     sampler = CropSampler(bank, crop_frames=crop_frames(config), batch_size=config.train.batch_size,
-                          seed=config.seed, stream=PRETRAIN_STREAM, pad_mode=config.train.pad_mode)
+                          seed=config.seed, stream=PRETRAIN_STREAM, pad_mode=config.train.pad_mode,
+                          **crop_weighting(config))
     torch.manual_seed(config.seed * 1000 + PRETRAIN_STREAM)
     model = new_model(config, channels=bank.channels, bands=bank.bands, n_classes=len(ctx.vocabulary),
                       device=ctx.device)
@@ -201,7 +211,8 @@ def _fold_sampler(ctx: TrainingContext, train_bank: ClipBank, noisy_mask, test_m
                           seed=ctx.config.seed, stream=k, pad_mode=t.pad_mode, balanced=t.balanced_sampling,
                           noisy=noisy_mask,
                           noisy_fraction=ctx.config.noisy.batch_fraction if noisy_mask is not None else 0.0,
-                          test_rows=test_mask, test_fraction=ctx.config.noisy.test_batch_fraction or 0.0)
+                          test_rows=test_mask, test_fraction=ctx.config.noisy.test_batch_fraction or 0.0,
+                          **crop_weighting(ctx.config))
     if min(t.batch_size, len(train_bank)) < 2 * distributed.world_size():
         raise AudiotagError(f"a batch of {min(t.batch_size, len(train_bank))} clips cannot be shared by "
                             f"{distributed.world_size()} processes (batch norm needs 2 or more clips in each)",
