@@ -112,7 +112,6 @@ class CropSampler:
             x = np.stack([self.bank.piece(i, s, self.crop_frames, pad_mode=self.pad_mode) for i, s in zip(idx, starts)])
             yield torch.from_numpy(x), torch.from_numpy(self.bank.targets[idx].astype(np.float32))
 
-
     def _start(self, rng: np.random.Generator, i: int) -> int:
         n = int(self.bank.lengths[i])
         if n < self.crop_frames:  # a short clip is wrapped: its start only moves where the repeat begins
