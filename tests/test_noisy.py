@@ -403,3 +403,20 @@ def test_a_student_learns_the_teachers_soft_targets_on_test_clips(demo_data, tmp
     distilled = agreement(f"noisy.test_predictions={teacher}", "noisy.test_targets=soft",
                           "noisy.test_batch_fraction=0.5")
     assert alone < 0.6 and distilled > 0.9, (alone, distilled)
+
+
+@pytest.mark.parametrize("strategy", ["none", "pretrain"])
+def test_train_crop_energy_reaches_the_samplers_of_folds_and_pretraining(demo_data, tmp_path, monkeypatch, strategy):
+    import audiotag.training.cv as cv
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop(kwargs)
+
+    monkeypatch.setattr(cv, "CropSampler", stop)
+    with pytest.raises(Stop) as info:
+        train_tiny(demo_data, tmp_path / "run", tmp_path / "cache", "train.crop_energy=0.5",
+                   f"noisy.strategy={strategy}", "features.channels=[mfcc,logmel]")
+    assert (info.value.args[0]["crop_energy"], info.value.args[0]["energy_channel"]) == (0.5, 1)
