@@ -66,7 +66,10 @@ def test_crop_energy_is_weighed_on_the_first_channel_in_db():
     from audiotag.config import load_config
     from audiotag.training.cv import crop_weighting
 
-    assert crop_weighting(load_config(None, [])) == {}  # off: the sampler's uniform draws, as before
+    assert crop_weighting(load_config(None, ["train.crop_energy=0"])) == {}  # off: the sampler's uniform draws
+    assert crop_weighting(load_config(None, ["features.channels=[mfcc,chroma]"])) == {}  # nothing to weigh by
+    assert crop_weighting(load_config(None, ["features.kind=waveform", "model.name=wavecnn"])) == {}
+    assert crop_weighting(load_config(None, [])) == {"crop_energy": 1.0, "energy_channel": 0}
     on = ["train.crop_energy=0.5"]
     assert crop_weighting(load_config(None, on)) == {"crop_energy": 0.5, "energy_channel": 0}
     assert crop_weighting(load_config(None, on + ["features.channels=[mfcc,logmel]"]))["energy_channel"] == 1

@@ -118,7 +118,7 @@ class TrainConfig:
     epochs: int = field(default=200, metadata=_range(1, 10000))
     batch_size: int = field(default=32, metadata=_range(1, 4096))
     crop_seconds: float = field(default=3.0, metadata=_range(0.1, 600.0))
-    crop_energy: float = field(default=0.0, metadata=_range(0.0, 4.0))  # crop starts weighted by power ** this
+    crop_energy: float = field(default=1.0, metadata=_range(0.0, 4.0))  # crop starts weighted by power ** this
     pad_mode: Literal["wrap", "constant"] = "wrap"
     balanced_sampling: bool = False
     optimizer: Literal["adamw", "adam"] = "adamw"
@@ -280,9 +280,6 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError("features.channels is empty", hint="e.g. features.channels=[logmel]")
     if f.deltas and "logmel" not in f.channels:
         raise ConfigError("features.deltas = true needs logmel in features.channels (they are its deltas)")
-    if cfg.train.crop_energy > 0 and (f.kind == "waveform" or not {"logmel", "cqt"} & set(f.channels)):
-        raise ConfigError("train.crop_energy > 0 weighs crops by their power: it needs logmel or cqt in features.channels",
-                          hint="add logmel to features.channels, or set train.crop_energy=0")
     if f.kind == "waveform" and (f.channels != ["logmel"] or f.deltas):
         raise ConfigError("features.kind = waveform takes no spectral channels or deltas",
                           hint="leave features.channels and features.deltas at their defaults, or use features.kind=logmel")

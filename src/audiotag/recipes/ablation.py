@@ -71,7 +71,7 @@ LEVERS: dict[str, dict[str, object]] = {
     "random_eq": {"augment.eq_db": 6.0},
     "no_zoom_out": {"augment.resized_crop_max": 1.0},  # zooming out too is the default since 2026-12-06
     "mixup_three": {"augment.mixup_sources": 3},
-    "loud_crops": {"train.crop_energy": 1.0},
+    "uniform_crops": {"train.crop_energy": 0.0},  # crops weighted by their power are the default since 2026-12-06
     "band_context2": {"model.band_context_blocks": 2},
     "band_context2_w48": {"model.band_context_blocks": 2, "model.width": 48},
     "vgg": {"model.name": "vgg"},  # the default family until 2026-12-05

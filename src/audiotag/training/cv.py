@@ -40,12 +40,12 @@ from .noisy import NoisyPlan, noisy_loss, training_bank
 
 
 def crop_weighting(config: Config) -> dict:
-    """The sampler's crop-start weighting: ``train.crop_energy`` and the first channel in dB of a power."""
-    if config.train.crop_energy <= 0:
+    """The sampler's crop-start weighting: ``train.crop_energy`` and the first channel in dB of a power;
+    none (uniform starts) when it is off or no channel is a power in dB (waveform, MFCC, chroma ...)."""
+    energy_channel = next((i for i, name in enumerate(channel_names(config.features)) if name in DB_CHANNELS), None)
+    if config.train.crop_energy <= 0 or energy_channel is None:
         return {}
-    names = channel_names(config.features)
-    return {"crop_energy": config.train.crop_energy,
-            "energy_channel": next(i for i, name in enumerate(names) if name in DB_CHANNELS)}
+    return {"crop_energy": config.train.crop_energy, "energy_channel": energy_channel}
 
 
 def crop_frames(config: Config) -> int:

@@ -27,7 +27,7 @@ from ..parallel import resolve_workers
 from ..plots import plot_training_curves
 from ..runs import DataSpec, Run
 from .context import RunClock, TrainingContext
-from .cv import assemble, crop_frames, load_fold_result, run_cv
+from .cv import assemble, crop_frames, crop_weighting, load_fold_result, run_cv
 
 
 def _threads(config: Config) -> None:
@@ -119,6 +119,8 @@ def _train_run(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, pro
     where = f"{processes} processes" if processes > 1 else f"{torch.get_num_threads()} threads"
     run.log(f"{len(train_clips)} training clips in {folds.n_folds} folds ({folds.source}), {len(test_clips)} test clips; "
             f"{config.model.name} on {device} ({precision}, {where})" + (f"; this job: fold {fold}" if fold is not None else ""))
+    if config.train.crop_energy > 0 and not crop_weighting(config):
+        run.log("train.crop_energy: no logmel or cqt channel to weigh crops by, so crop starts are drawn uniformly")
     clock = RunClock(run)
     marker = run.claim_fold(fold) if fold is not None and distributed.is_main() else None
     try:
