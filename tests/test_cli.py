@@ -1,4 +1,5 @@
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -104,4 +105,5 @@ def test_demo_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "inspect" / "summary.md").exists()
     assert (tmp_path / "demo" / "report" / "index.html").exists()
     assert (tmp_path / "demo" / "submission.csv").read_bytes() == \
-           (tmp_path / "demo" / "pipeline" / "blend" / "submission.csv").read_bytes()
+           (tmp_path / "demo" / "pipeline" / "submission.csv").read_bytes()
+    assert json.loads((tmp_path / "demo" / "pipeline" / "pipeline.json").read_text())["submission_standardized"]

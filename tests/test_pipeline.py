@@ -21,7 +21,8 @@ from audiotag.ensemble.budget import predict_by_view
 from audiotag.ensemble.members import load_member
 from audiotag.recipes.pipeline import (FINGERPRINT_SCHEMA, StageState, _markdown, ensemble_inference,
                                        only_new_defaults)
-from audiotag.runs import DataSpec
+from audiotag.inference.standardize import standardize_labels
+from audiotag.runs import DataSpec, read_predictions
 from audiotag.recipes.recipe import bundled_recipe, load_recipe, parse_recipe
 
 from test_train import TINY
@@ -49,6 +50,15 @@ def run_cli(recipe, demo_data, out, cache, *extra):
     return cli.main(args)
 
 
+def assert_standardised(submission, source):
+    """OUT/submission.csv is the final stage's test predictions, standardised per label."""
+    fnames, labels, probs = read_predictions(source)
+    got_fnames, got_labels, got = read_predictions(submission)
+    assert (got_fnames, got_labels) == (fnames, labels)
+    np.testing.assert_allclose(got, standardize_labels(probs), atol=2e-5)  # from 6-decimal probabilities
+    assert np.abs(got - probs).max() > 0.01  # it did change the scores
+
+
 def mtimes(out):
     return {p.relative_to(out): p.stat().st_mtime_ns for p in out.glob("*/fold_*/best.pt")}
 
@@ -56,10 +66,15 @@ def mtimes(out):
 def test_stages_run_in_order_and_finished_ones_are_reused(demo_data, tmp_path, capsys):
     recipe = write_recipe(tmp_path / "recipe.yaml")
     out, cache = tmp_path / "p", tmp_path / "cache"
-    assert run_cli(recipe, demo_data, out, cache) == 0
+    assert run_cli(recipe, demo_data, out, cache, "--standardize", "yes") == 0
     state = json.loads((out / "pipeline.json").read_text())
     assert [s["status"] for s in state["stages"].values()] == ["done"] * 3
-    assert (out / "submission.csv").read_bytes() == (out / "blend" / "submission.csv").read_bytes()
+    assert_standardised(out / "submission.csv", out / "blend" / "submission.csv")
+    assert state["submission_standardized"] is True
+    again = tmp_path / "again.csv"  # predict on the pipeline's own test set writes the same file
+    assert cli.main(["predict", str(out), "--data", str(demo_data), "--out", str(again), "--cache-dir", str(cache),
+                     "--standardize", "yes", "-q"]) == 0
+    np.testing.assert_allclose(read_predictions(again)[2], read_predictions(out / "submission.csv")[2], atol=1.5e-6)
     assert (out / "freqpos" / "config.yaml").read_text().count("freqpos") >= 1
     assert yaml.safe_load((out / "baseline" / "config.yaml").read_text())["train"]["epochs"] == 3  # --set wins
     first = mtimes(out)
@@ -69,6 +84,8 @@ def test_stages_run_in_order_and_finished_ones_are_reused(demo_data, tmp_path, c
     assert run_cli(recipe, demo_data, out, cache) == 0  # unchanged: nothing retrained
     assert "done earlier, reused" in capsys.readouterr().out
     assert mtimes(out) == first
+    # 28 test clips of 14 labels are too few for --standardize auto: the blend's probabilities, as they are
+    assert (out / "submission.csv").read_bytes() == (out / "blend" / "submission.csv").read_bytes()
 
     changed = json.loads(json.dumps(RECIPE))
     changed["stages"][1]["set"]["model.dropout"] = 0.3

@@ -24,7 +24,8 @@ from audiotag.errors import AudiotagError
 from audiotag.metrics import lwlrap
 from audiotag.training import batches as inputs
 from audiotag.training import context
-from audiotag.runs import DataSpec, Run
+from audiotag.inference.standardize import standardize_labels
+from audiotag.runs import DataSpec, Run, read_predictions
 from audiotag.training.train import resume, train
 
 from conftest import shared_path
@@ -179,6 +180,8 @@ def test_cli_train_predict_score_tag_runs(demo_data, tmp_path, capsys, monkeypat
     assert cli.main(["predict", "runs/r", "--data", str(demo_data), "--out", "sub.csv", "--cache-dir", "cache", "-q"]) == 0
     out = capsys.readouterr().out
     assert "wrote sub.csv" in out and "ms per clip" in out
+    # 28 test clips of 14 labels are too few to standardise each label's scores over (--standardize auto)
+    assert "not standardised" in out and read(Path("sub.csv")) == read(tmp_path / "runs" / "r" / "test_predictions.csv")
     # the competition's own scorer accepts the file unchanged and agrees with ours
     score_py = shared_path("bench", "score.py")
     result = subprocess.run([sys.executable, str(score_py), "--truth", str(demo_data / "test_labels.csv"),
@@ -192,6 +195,16 @@ def test_cli_train_predict_score_tag_runs(demo_data, tmp_path, capsys, monkeypat
     assert lines[-2].startswith("by labels per clip: 1: ")  # the demo's test set mixes several sounds per clip
     scores = json.loads((tmp_path / "runs" / "r" / "scores.json").read_text())
     assert ours == pytest.approx(scores["test_lwlrap"], abs=1e-5)  # predict reproduces the run's own test predictions
+    assert cli.main(["predict", "runs/r", "--data", str(demo_data), "--out", "std.csv", "--cache-dir", "cache", "-q",
+                     "--standardize", "yes"]) == 0
+    out = capsys.readouterr().out
+    assert "standardised over the test set" in out
+    fnames, _, probs = read_predictions(tmp_path / "runs" / "r" / "test_predictions.csv")
+    written = pd.read_csv("std.csv", index_col="fname")
+    assert list(written.index) == fnames
+    np.testing.assert_allclose(written.values, standardize_labels(probs), atol=2e-5)  # from 6-decimal probabilities
+    before = float(out.split("(")[-1].split()[0])  # "lwlrap ...: X (Y before standardising)"
+    assert before == pytest.approx(scores["test_lwlrap"], abs=1e-4)  # printed to 4 decimals
     wav = next((demo_data / "test").glob("*.wav"))
     assert cli.main(["tag", "--run", "runs/r", str(wav), "--top", "2"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 3

@@ -24,6 +24,7 @@ from .ensemble.members import run_fingerprint
 from .ensemble.persist import load_blender
 from .errors import AudioError, AudiotagError, DataError
 from .inference.scorer import Decoded, RunScorer
+from .inference.standardize import applies as standardize_applies, check_mode as check_standardize, standardize_labels
 from .metrics import lwlrap
 from .plots import plt, save_figure
 from .runs import DataSpec, Run, write_predictions
@@ -272,9 +273,12 @@ def load_predictor(path: str | Path, *, device: str = "auto", allow_missing_fold
 
 def predict_submission(path: str | Path, data: DataSpec, *, out: str | Path, cache_dir: str | Path | None = None,
                        tta_views: int | None = None, skip_bad: bool = False, progress: bool = True,
-                       device: str = "auto", allow_missing_folds: bool = False) -> dict:
+                       device: str = "auto", allow_missing_folds: bool = False, standardize: str = "auto") -> dict:
     """Write a Kaggle-format submission for the test clips of ``data`` with a run, an ensemble or a
     pipeline (on ``device``: auto takes a GPU when there is one, whatever trained it).
+
+    ``standardize`` (auto | yes | no) standardises each label's scores over the whole test set
+    (:mod:`audiotag.inference.standardize`); auto does when there are enough clips per label.
 
     ``data`` may hold only ``test/`` and ``sample_submission.csv``; its labels must be the model's,
     in the same order. With ``skip_bad``, an unusable test clip still gets a row (the training
@@ -284,6 +288,7 @@ def predict_submission(path: str | Path, data: DataSpec, *, out: str | Path, cac
     if tta_views is not None and (isinstance(tta_views, bool) or not isinstance(tta_views, int) or tta_views < 0):
         raise AudiotagError(f"TTA views (--tta) = {tta_views!r}: a whole number of 0 or more",
                             hint="0 predicts the clean windows only")
+    check_standardize(standardize)
     fsutil.check_writable(out)
     predictor = load_predictor(path, device=device, allow_missing_folds=allow_missing_folds)
     scorer = predictor.scorer
@@ -303,13 +308,18 @@ def predict_submission(path: str | Path, data: DataSpec, *, out: str | Path, cac
     good, probs, seconds_per_clip = scorer.test_split(ds, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
     by_name = dict(zip((c.fname for c in good), probs))
     prior = scorer.prior()
-    rows = np.stack([by_name.get(c.fname, prior) for c in test])
+    probs = np.stack([by_name.get(c.fname, prior) for c in test])
+    standardized = standardize_applies(standardize, len(test), len(predictor.labels))
+    # standardised from the 6 decimals a submission holds, as a pipeline standardises its final stage's file
+    rows = standardize_labels(np.round(probs, 6)) if standardized else probs
     write_predictions(Path(out), [c.fname for c in test], predictor.labels, rows)
     result = {"out": str(out), "clips": len(test), "kind": predictor.kind,
               "filled_with_prior": [c.fname for c in test if c.fname not in by_name],
-              "models": scorer.n_models, "tta_views": scorer.tta_views, "seconds_per_clip": seconds_per_clip}
+              "models": scorer.n_models, "tta_views": scorer.tta_views, "seconds_per_clip": seconds_per_clip,
+              "standardized": standardized}
     if ds.test_labelled and not result["filled_with_prior"]:
         result["lwlrap"] = lwlrap(ds.label_matrix(test), rows)
+        result["lwlrap_probabilities"] = lwlrap(ds.label_matrix(test), probs)
     return result
 
 

@@ -58,7 +58,7 @@ def cmd_pipeline(args) -> int:
     if args.budget_minutes is not None:
         recipe = with_budget(recipe, args.budget_minutes)
     summary = run_pipeline(recipe, data_spec(args), out=args.out, base=load_config(args.config),
-                           cache_dir=args.cache_dir, progress=not args.quiet)
+                           cache_dir=args.cache_dir, progress=not args.quiet, standardize=args.standardize)
     print((Path(args.out) / "pipeline.md").read_text(), end="")
     if "submission" in summary:
         print(f"submission: {summary['submission']}")
@@ -72,7 +72,8 @@ def add_pipeline(subs, shared: Shared) -> None:
         "benchmark on a 2-core CPU), gpu-full (FSDKaggle2019 on a GPU). Every stage is a run folder under OUT; "
         "OUT/pipeline.json records what each stage was made from, so running the same command again skips "
         "finished stages, resumes an interrupted one and redoes only stages whose settings or inputs changed. "
-        "Ends with OUT/submission.csv and OUT/pipeline.md (CV and test lwlrap, minutes and inference time per "
+        "Ends with OUT/submission.csv (the final stage's scores, standardised per label over the test set as "
+        "predict does: --standardize) and OUT/pipeline.md (CV and test lwlrap, minutes and inference time per "
         "stage). --set applies to every stage, over the recipe. --budget-minutes caps the inference time "
         "of every ensemble stage (estimated for FAT2019's 3,361 test clips from this machine's measurement): "
         "TTA views and members are cut, least lwlrap lost first, and each cut is reported.",
@@ -80,7 +81,8 @@ def add_pipeline(subs, shared: Shared) -> None:
         "audiotag pipeline demo --data demo/data --out runs/pipeline-demo --budget-minutes 2\n"
         "audiotag pipeline cpu-small --data .bench/small --out runs/pipeline --cache-dir .bench/cache\n"
         "audiotag pipeline my-recipe.yaml --data data/fat2019 --out runs/p --set train.epochs=5",
-        parents=[shared.data, shared.config, shared.device, shared.cache, shared.workers, shared.quiet])
+        parents=[shared.data, shared.config, shared.device, shared.cache, shared.workers, shared.standardize,
+                 shared.quiet])
     p.add_argument("recipe", metavar="RECIPE", help="a recipe YAML file, or demo | cpu-small | gpu-full")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the stages, report and submission")
     p.add_argument("--budget-minutes", type=float, metavar="M",

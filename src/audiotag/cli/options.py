@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from ..config import Config, load_config
 from ..data.records import Dataset
 from ..errors import AudiotagError
+from ..inference.standardize import MIN_CLIPS_PER_LABEL, MODES
 from ..runs import DataSpec
 
 DATA_HELP = "dataset folder (Kaggle FAT2019 layout, a folder with a labels CSV, or one folder per class)"
@@ -29,6 +30,7 @@ class Shared:
     cache: argparse.ArgumentParser
     workers: argparse.ArgumentParser
     skip_bad: argparse.ArgumentParser
+    standardize: argparse.ArgumentParser
     quiet: argparse.ArgumentParser
 
 
@@ -67,10 +69,17 @@ def shared_options() -> Shared:
     skip_bad.add_argument("--skip-bad", action="store_true",
                           help="leave out clips that fail validation instead of stopping")
 
+    standardize = _parent()
+    standardize.add_argument(
+        "--standardize", choices=MODES, default="auto",
+        help="standardise each label's scores over the whole test set before writing the submission, which ranks "
+             "labels better on unseen recordings; the scores then rank labels and are no longer probabilities "
+             f"(default: auto = when the test set has at least {MIN_CLIPS_PER_LABEL} clips per label)")
+
     quiet = _parent()
     quiet.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return Shared(data=data, config=config, device=device, cache=cache, workers=workers, skip_bad=skip_bad,
-                  quiet=quiet)
+                  standardize=standardize, quiet=quiet)
 
 
 def add_data_positional(p: argparse.ArgumentParser) -> None:

@@ -70,15 +70,18 @@ def add_merge(subs, shared: Shared) -> None:
 def cmd_predict(args) -> int:
     result = predict_submission(args.run, data_spec(args), out=args.out, cache_dir=args.cache_dir, tta_views=args.tta,
                                 skip_bad=args.skip_bad, progress=not args.quiet, device=args.device or "auto",
-                                allow_missing_folds=args.allow_missing_folds)
+                                allow_missing_folds=args.allow_missing_folds, standardize=args.standardize)
     views = f", {result['tta_views']} TTA views" if result["tta_views"] is not None else ""
     print(f"wrote {result['out']}: {result['clips']} clips with the {result['kind']} ({result['models']} fold "
           f"models{views}), {result['seconds_per_clip'] * 1000:.1f} ms per clip")
     if result["filled_with_prior"]:
         print(f"{len(result['filled_with_prior'])} unusable clips got the training label frequencies instead: "
               + ", ".join(result["filled_with_prior"][:10]))
+    print("each label's scores standardised over the test set (--standardize)" if result["standardized"] else
+          "scores are the models' probabilities (not standardised per label: --standardize)")
     if "lwlrap" in result:
-        print(f"lwlrap against the dataset's test labels: {result['lwlrap']:.4f}")
+        raw = f" ({result['lwlrap_probabilities']:.4f} before standardising)" if result["standardized"] else ""
+        print(f"lwlrap against the dataset's test labels: {result['lwlrap']:.4f}{raw}")
     return 0
 
 
@@ -86,7 +89,7 @@ def add_predict(subs, shared: Shared) -> None:
     p = add_subcommand(
         subs, "predict", "write a Kaggle submission for a test set with a run, an ensemble or a pipeline",
         "Predict every test clip of DIR (test/ + sample_submission.csv is enough) and write fname + one column "
-        "per label in vocabulary order. FOLDER is a run (its fold models, sliding windows and TTA), an ensemble "
+        "per label in vocabulary order, each label's scores standardised over the test set (--standardize). FOLDER is a run (its fold models, sliding windows and TTA), an ensemble "
         "folder (every member its blend weighs, each with its own features, windows and TTA, blended as fitted) "
         "or a pipeline folder (its final stage). On the pipeline's own test set this writes its submission.csv "
         "again.",
@@ -95,7 +98,7 @@ def add_predict(subs, shared: Shared) -> None:
         audiotag predict runs/pipeline --data data/new_test_set --out submission.csv   # the final blend
         audiotag predict runs/baseline --data data/fat2019 --out partial.csv --allow-missing-folds
         """,
-        parents=[shared.data, shared.device, shared.cache, shared.skip_bad, shared.quiet])
+        parents=[shared.data, shared.device, shared.cache, shared.skip_bad, shared.standardize, shared.quiet])
     p.add_argument("run", metavar="FOLDER", help="a run, ensemble or pipeline folder")
     p.add_argument("--out", required=True, metavar="FILE", help="submission CSV to write")
     p.add_argument("--tta", type=int, metavar="N", help="TTA views of a run (default: the run's predict.tta_views)")

@@ -29,8 +29,9 @@ from ..ensemble.estimators import MeanBlend
 from ..ensemble.members import Member, load_member, member_records, member_truth
 from ..ensemble.persist import save_blender
 from ..errors import AudiotagError
+from ..inference.standardize import applies as standardize_applies, check_mode as check_standardize, standardize_labels
 from ..metrics import lwlrap
-from ..runs import DataSpec, Run, result_settings, write_predictions
+from ..runs import DataSpec, Run, read_predictions, result_settings, write_predictions
 from ..training.train import resume, train
 from .recipe import STAGE_PATHS, Recipe, Stage, portable_settings, stage_config
 
@@ -173,8 +174,12 @@ def _blend_stage(stage: Stage, folder: Path, out: Path, results: dict, *, cache_
 
 
 def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Config | None = None,
-                 cache_dir: str | Path | None = None, progress: bool = True, log=print) -> dict:
-    """Run every stage of ``recipe`` into ``out``; returns the summary written to ``pipeline.json``."""
+                 cache_dir: str | Path | None = None, progress: bool = True, log=print,
+                 standardize: str = "auto") -> dict:
+    """Run every stage of ``recipe`` into ``out``; returns the summary written to ``pipeline.json``.
+    ``OUT/submission.csv`` is the final stage's test predictions, standardised per label as
+    :func:`audiotag.predictor.predict_submission` does (``standardize``: auto | yes | no)."""
+    check_standardize(standardize)
     base = base or Config()
     data.load()  # a dataset that cannot be read at all is refused before anything is written
     out = fsutil.check_writable(out, folder=True)
@@ -208,7 +213,13 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
     summary = {"stages": results, "final_stage": final.name, "recipe": recipe.source,
                "wall_minutes_this_call": (time.perf_counter() - started) / 60}
     if source.exists():
-        fsutil.write_bytes(out / "submission.csv", source.read_bytes())
+        fnames, labels, probs = read_predictions(source)
+        summary["submission_standardized"] = standardize_applies(standardize, len(fnames), len(labels))
+        if summary["submission_standardized"]:
+            write_predictions(out / "submission.csv", fnames, tuple(labels), standardize_labels(probs))
+            log(f"submission: {final.name}'s scores standardised per label over the {len(fnames)} test clips")
+        else:
+            fsutil.write_bytes(out / "submission.csv", source.read_bytes())
         summary["submission"] = str(out / "submission.csv")
     state.save(extra=summary)
     fsutil.write_text(out / "pipeline.md", _markdown(results, final.name))
