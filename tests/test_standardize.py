@@ -59,6 +59,12 @@ def test_a_label_scored_alike_on_every_clip_stays_finite():
     assert standardize_labels(np.zeros((5, 2))).shape == (5, 2)  # probabilities of exactly 0 or 1 are clipped
 
 
+def test_what_a_submission_holds_is_standardised_so_a_written_file_gives_the_same_scores():
+    rng = np.random.default_rng(2)
+    p = 10.0 ** rng.uniform(-6, -1, (200, 5))  # small probabilities, where 6 decimals cut the most
+    np.testing.assert_array_equal(standardize_labels(p), standardize_labels(np.round(p, 6)))
+
+
 def test_auto_standardises_only_with_enough_clips_per_label():
     assert applies("auto", MIN_CLIPS_PER_LABEL * 50, 50) and not applies("auto", MIN_CLIPS_PER_LABEL * 50 - 1, 50)
     assert applies("yes", 3, 50) and not applies("no", 10_000, 50)

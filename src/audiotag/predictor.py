@@ -310,8 +310,7 @@ def predict_submission(path: str | Path, data: DataSpec, *, out: str | Path, cac
     prior = scorer.prior()
     probs = np.stack([by_name.get(c.fname, prior) for c in test])
     standardized = standardize_applies(standardize, len(test), len(predictor.labels))
-    # standardised from the 6 decimals a submission holds, as a pipeline standardises its final stage's file
-    rows = standardize_labels(np.round(probs, 6)) if standardized else probs
+    rows = standardize_labels(probs) if standardized else probs
     write_predictions(Path(out), [c.fname for c in test], predictor.labels, rows)
     result = {"out": str(out), "clips": len(test), "kind": predictor.kind,
               "filled_with_prior": [c.fname for c in test if c.fname not in by_name],

@@ -89,7 +89,8 @@ def add_predict(subs, shared: Shared) -> None:
     p = add_subcommand(
         subs, "predict", "write a Kaggle submission for a test set with a run, an ensemble or a pipeline",
         "Predict every test clip of DIR (test/ + sample_submission.csv is enough) and write fname + one column "
-        "per label in vocabulary order, each label's scores standardised over the test set (--standardize). FOLDER is a run (its fold models, sliding windows and TTA), an ensemble "
+        "per label in vocabulary order, each label's scores standardised over the test set (--standardize). "
+        "FOLDER is a run (its fold models, sliding windows and TTA), an ensemble "
         "folder (every member its blend weighs, each with its own features, windows and TTA, blended as fitted) "
         "or a pipeline folder (its final stage). On the pipeline's own test set this writes its submission.csv "
         "again.",

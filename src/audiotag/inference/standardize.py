@@ -36,8 +36,9 @@ def applies(mode: str, n_clips: int, n_labels: int) -> bool:
 
 def standardize_labels(probs: np.ndarray) -> np.ndarray:
     """``(clips, labels)`` probabilities -> scores whose logits have, label by label, the pooled
-    mean and spread of all labels' logits over these clips."""
-    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-6, 1 - 1e-6)  # a submission's 6 decimals hold no less
+    mean and spread of all labels' logits over these clips. The probabilities are first rounded to
+    the 6 decimals a submission holds, so a file standardised again gives the same scores."""
+    p = np.clip(np.round(np.asarray(probs, dtype=np.float64), 6), 1e-6, 1 - 1e-6)
     z = np.log(p) - np.log1p(-p)
     mean, spread = z.mean(axis=0), z.std(axis=0)
     spread = np.where(spread > 1e-6, spread, 1.0)  # a label scored alike on every clip is only shifted
