@@ -19,7 +19,7 @@ import pytest
 from audiotag import cli
 from audiotag.config import load_config
 from audiotag.data.layouts import load_dataset
-from audiotag.engine.callbacks import History
+from audiotag.engine.callbacks import History, duration
 from audiotag.errors import AudiotagError
 from audiotag.metrics import lwlrap
 from audiotag.training import batches as inputs
@@ -267,6 +267,27 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(demo_data, tmp_path)
     _same_results(Run.open(tmp_path / "straight"), Run.open(tmp_path / "cut"))
 
 
+@pytest.mark.parametrize("seconds, text", [(0.4, "0 s"), (42.4, "42 s"), (89.4, "89 s"), (90, "2 min"),
+                                           (1010, "17 min"), (3569, "59 min"), (3571, "1 h 00 min"),
+                                           (11100, "3 h 05 min")])
+def test_durations_read_as_seconds_minutes_or_hours(seconds, text):
+    assert duration(seconds) == text
+
+
+def test_epoch_lines_give_the_fit_s_eta_and_the_run_s_from_the_last_five_epochs(tmp_path):
+    lines = []
+    history = History(tmp_path / "h.csv", log=lines.append, prefix="fold 0  ", total_epochs=10, epochs_after=20)
+    trainer = SimpleNamespace(history=[])
+    for epoch, seconds in enumerate([100, 100, 4, 4, 4, 4, 4], 1):  # the slow first epochs drop out of the mean
+        row = {"epoch": epoch, "train_loss": 0.5, "lr": 1e-3, "seconds": seconds}
+        trainer.history.append(row)
+        history.on_epoch_end(trainer, row)
+    # after epoch 7: 3 epochs left in this fit, 23 in the run, at 4 s each
+    assert lines[-1].endswith("4.0s  ETA 12 s, run 2 min"), lines[-1]
+    assert lines[0].endswith("ETA 15 min, run 48 min"), lines[0]  # 9 and 29 epochs at 100 s
+    assert (tmp_path / "h.csv").read_text().count("\n") == 8  # the header and 7 epochs
+
+
 def test_training_benchmark_reports_rates(demo_data, tmp_path):
     from audiotag.bench import bench_training
 
@@ -285,6 +306,10 @@ def test_the_log_says_which_fold_of_how_many_what_is_left_and_which_checkpoint_i
     log = (run.dir / "log.txt").read_text()
     assert "fold 0 (1/2)" in log and "fold 1 (2/2); about " in log and " left for this run" in log
     assert "epoch 1/3" in log and "ETA " in log.split("epoch 1/3")[1].splitlines()[0]
+    # fold 0's epoch lines also give the run's ETA (fold 1's 3 epochs still to come); the last fold's do not
+    first = next(l for l in log.splitlines() if "fold 0  epoch 1/3" in l)
+    last = next(l for l in log.splitlines() if "fold 1  epoch 1/3" in l)
+    assert ", run " in first and ", run " not in last and "ETA " in last
     history = pd.read_csv(run.dir / "fold_0" / "history.csv")
     assert {"val_lwlrap", "val_loss"} <= set(history.columns) and (history.val_loss > 0).all()
     best = history.loc[history.val_lwlrap.idxmax()]

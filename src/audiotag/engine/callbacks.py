@@ -64,11 +64,23 @@ class EarlyStopping(Callback):
         self.best, self.bad_epochs = state["best"], state["bad_epochs"]
 
 
-class History(Callback):
-    """The per-epoch table as ``history.csv`` (rewritten atomically each epoch) and a log line."""
+def duration(seconds: float) -> str:
+    """``42 s``, ``17 min``, ``3 h 05 min``: how long, at the precision an ETA deserves."""
+    seconds = round(seconds)
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
-    def __init__(self, path: Path, *, log: Callable[[str], None], prefix: str = "", total_epochs: int = 0):
+
+class History(Callback):
+    """The per-epoch table as ``history.csv`` (rewritten atomically each epoch) and a log line that
+    ends with the ETA of this fit and, when ``epochs_after`` more follow (later folds), of the run."""
+
+    def __init__(self, path: Path, *, log: Callable[[str], None], prefix: str = "", total_epochs: int = 0,
+                 epochs_after: int = 0):
         self.path, self.log, self.prefix, self.total_epochs = Path(path), log, prefix, total_epochs
+        self.epochs_after = epochs_after
 
     def on_epoch_end(self, trainer: Trainer, result: dict) -> None:
         keys = list(dict.fromkeys(k for row in trainer.history for k in row))  # epochs without validation lack some
@@ -80,7 +92,10 @@ class History(Callback):
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k.startswith("val_"))
         left = self.total_epochs - result["epoch"]
         recent = [r["seconds"] for r in trainer.history[-5:]]
-        eta = f"  ETA {left * sum(recent) / len(recent):.0f}s" if left > 0 else ""
+        per_epoch = sum(recent) / len(recent)
+        eta = f"  ETA {duration(left * per_epoch)}" if left > 0 else ""
+        if self.epochs_after:
+            eta += f"{',' if eta else '  ETA'} run {duration((left + self.epochs_after) * per_epoch)}"
         self.log(f"{self.prefix}epoch {result['epoch']}/{self.total_epochs}  loss {result['train_loss']:.4f}  "
                  f"{metrics}  lr {result['lr']:.2e}  {result['seconds']:.1f}s{eta}")
 

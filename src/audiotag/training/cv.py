@@ -23,7 +23,8 @@ from ..config import Config
 from ..data.folds import Folds
 from ..data.records import Clip
 from ..engine import distributed
-from ..engine.callbacks import Checkpointer, EarlyStopping, History, TensorBoardScalars, tensorboard_available
+from ..engine.callbacks import (Checkpointer, EarlyStopping, History, TensorBoardScalars, duration,
+                                tensorboard_available)
 from ..engine.checkpoint import load_checkpoint
 from ..engine.mixmatch import MixMatchTrainer
 from ..engine.trainer import Trainer, lr_lambda
@@ -96,6 +97,7 @@ class FitJob:
     stream: int
     mixmatch: bool = False
     early_stopping: bool = True
+    epochs_after: int = 0  # epochs of the folds still to train after this one, for the run's ETA
 
 
 def clip_bce(targets: np.ndarray, probs: np.ndarray) -> float:
@@ -113,7 +115,8 @@ def _trainer(job: FitJob, ctx: TrainingContext) -> Trainer:
         optimizer, lr_lambda(t.schedule, total_steps=job.epochs * job.sampler.batches_per_epoch,
                              warmup_fraction=t.warmup_fraction))
     callbacks = [Checkpointer(job.folder, meta=job.meta),
-                 History(job.folder / "history.csv", log=ctx.run.log, prefix=job.prefix, total_epochs=job.epochs)]
+                 History(job.folder / "history.csv", log=ctx.run.log, prefix=job.prefix, total_epochs=job.epochs,
+                         epochs_after=job.epochs_after)]
     if t.early_stopping_patience and job.early_stopping:
         callbacks.append(EarlyStopping(patience=t.early_stopping_patience))
     if tensorboard_available():
@@ -220,7 +223,7 @@ def _fold_sampler(ctx: TrainingContext, train_bank: ClipBank, noisy_mask, test_m
     return sampler
 
 
-def run_fold(k: int, ctx: TrainingContext) -> FoldResult:
+def run_fold(k: int, ctx: TrainingContext, *, epochs_after: int = 0) -> FoldResult:
     run, config, t = ctx.run, ctx.config, ctx.config.train
     folder = run.fold_dir(k)
     train_idx, val_idx = ctx.fold_split(k)
@@ -254,7 +257,7 @@ def run_fold(k: int, ctx: TrainingContext) -> FoldResult:
     start = time.perf_counter()
     trainer = fit(FitJob(folder, model, sampler, val_bank, epochs=t.epochs, lr=lr, loss_fn=loss_fn,
                          meta=_meta(ctx, k, train_bank), prefix=f"fold {k}  ", stream=k,
-                         mixmatch=config.noisy.strategy == "mixmatch"), ctx)
+                         mixmatch=config.noisy.strategy == "mixmatch", epochs_after=epochs_after), ctx)
     train_s = time.perf_counter() - start  # this session's share (a resumed fold trained before too)
     return _predict_fold(k, ctx, trainer, val_bank, val_idx, n_train=len(train_bank), train_s=train_s,
                          epoch_clips=sampler.batches_per_epoch * min(t.batch_size, len(train_bank)))
@@ -309,10 +312,11 @@ def run_cv(ctx: TrainingContext, *, folds_to_train: list[int] | None = None) -> 
         ctx = dataclasses.replace(ctx, pretrained=pretrain_on_noisy(ctx))
     results, took = [], []
     for i, k in enumerate(todo, 1):
-        eta = f"; about {_minutes(np.mean(took) * (len(todo) - i + 1))} left for this run" if took else ""
+        eta = f"; about {duration(np.mean(took) * (len(todo) - i + 1))} left for this run" if took else ""
         ctx.run.log(f"fold {k} ({i}/{len(todo)}){eta}")
         start = time.perf_counter()
-        results.append(run_fold(k, ctx))
+        later = sum(not (ctx.run.fold_dir(j) / "done.json").exists() for j in todo[i:])
+        results.append(run_fold(k, ctx, epochs_after=later * config.train.epochs))
         if not results[-1].summary.get("reused"):
             took.append(time.perf_counter() - start)
             if ctx.clock is not None:
@@ -323,10 +327,6 @@ def run_cv(ctx: TrainingContext, *, folds_to_train: list[int] | None = None) -> 
             return None
         results = done
     return assemble(ctx, results)
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def assemble(ctx: TrainingContext, results: list[FoldResult]) -> dict:
