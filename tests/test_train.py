@@ -278,14 +278,14 @@ def test_epoch_lines_give_the_fit_s_eta_and_the_run_s_from_the_last_five_epochs(
     lines = []
     history = History(tmp_path / "h.csv", log=lines.append, prefix="fold 0  ", total_epochs=10, epochs_after=20)
     trainer = SimpleNamespace(history=[])
-    for epoch, seconds in enumerate([100, 100, 4, 4, 4, 4, 4], 1):  # the slow first epochs drop out of the mean
+    for epoch, seconds in enumerate([100, 100] + [4] * 8, 1):  # the slow first epochs drop out of the mean
         row = {"epoch": epoch, "train_loss": 0.5, "lr": 1e-3, "seconds": seconds}
         trainer.history.append(row)
         history.on_epoch_end(trainer, row)
-    # after epoch 7: 3 epochs left in this fit, 23 in the run, at 4 s each
-    assert lines[-1].endswith("4.0s  ETA 12 s, run 2 min"), lines[-1]
     assert lines[0].endswith("ETA 15 min, run 48 min"), lines[0]  # 9 and 29 epochs at 100 s
-    assert (tmp_path / "h.csv").read_text().count("\n") == 8  # the header and 7 epochs
+    assert lines[6].endswith("4.0s  ETA 12 s, run 2 min"), lines[6]  # 3 and 23 epochs at 4 s
+    assert lines[-1].endswith("4.0s  ETA run 80 s"), lines[-1]  # the fit is done; 20 epochs follow
+    assert (tmp_path / "h.csv").read_text().count("\n") == 11  # the header and 10 epochs
 
 
 def test_training_benchmark_reports_rates(demo_data, tmp_path):
