@@ -21,6 +21,7 @@ from audiotag.ensemble.budget import predict_by_view
 from audiotag.ensemble.members import load_member
 from audiotag.recipes.pipeline import (FINGERPRINT_SCHEMA, StageState, _markdown, ensemble_inference,
                                        only_new_defaults)
+from audiotag.inference.score import score_submission
 from audiotag.inference.standardize import standardize_labels
 from audiotag.runs import DataSpec, read_predictions
 from audiotag.recipes.recipe import bundled_recipe, load_recipe, parse_recipe
@@ -71,6 +72,11 @@ def test_stages_run_in_order_and_finished_ones_are_reused(demo_data, tmp_path, c
     assert [s["status"] for s in state["stages"].values()] == ["done"] * 3
     assert_standardised(out / "submission.csv", out / "blend" / "submission.csv")
     assert state["submission_standardized"] is True
+    # the submission's own score, as `audiotag score` reads it from the files, in pipeline.json and pipeline.md
+    scored = score_submission(out / "submission.csv", demo_data / "test_labels.csv")["lwlrap"]
+    assert state["submission_test_lwlrap"] == pytest.approx(scored, abs=1e-6)
+    assert f"| submission.csv | blend's test predictions, standardised per label | - | {scored:.4f} |" in \
+        (out / "pipeline.md").read_text()
     again = tmp_path / "again.csv"  # predict on the pipeline's own test set writes the same file
     assert cli.main(["predict", str(out), "--data", str(demo_data), "--out", str(again), "--cache-dir", str(cache),
                      "--standardize", "yes", "-q"]) == 0
@@ -86,6 +92,9 @@ def test_stages_run_in_order_and_finished_ones_are_reused(demo_data, tmp_path, c
     assert mtimes(out) == first
     # 28 test clips of 14 labels are too few for --standardize auto: the blend's probabilities, as they are
     assert (out / "submission.csv").read_bytes() == (out / "blend" / "submission.csv").read_bytes()
+    state = json.loads((out / "pipeline.json").read_text())  # so its score is the blend's own
+    assert state["submission_test_lwlrap"] == pytest.approx(state["stages"]["blend"]["test_lwlrap"], abs=1e-4)
+    assert state["submission_test_lwlrap"] != pytest.approx(scored, abs=1e-6)
 
     changed = json.loads(json.dumps(RECIPE))
     changed["stages"][1]["set"]["model.dropout"] = 0.3
