@@ -19,10 +19,11 @@ from audiotag import cli, fsutil
 from audiotag.errors import ConfigError
 from audiotag.ensemble.budget import predict_by_view
 from audiotag.ensemble.members import load_member
-from audiotag.recipes.pipeline import (FINGERPRINT_SCHEMA, StageState, _markdown, ensemble_inference,
-                                       only_new_defaults)
+from audiotag.recipes.pipeline import (FINGERPRINT_SCHEMA, StageState, _markdown, _test_lwlrap,
+                                       ensemble_inference, only_new_defaults)
 from audiotag.inference.score import score_submission
 from audiotag.inference.standardize import standardize_labels
+from audiotag.metrics import lwlrap
 from audiotag.runs import DataSpec, read_predictions
 from audiotag.recipes.recipe import bundled_recipe, load_recipe, parse_recipe
 
@@ -118,6 +119,21 @@ def test_stages_run_in_order_and_finished_ones_are_reused(demo_data, tmp_path, c
     if [c["kind"] for c in cuts] == ["member"]:  # one member left as it was: its predictions are the submission
         kept = blend["members"][0]
         assert (out / "submission.csv").read_bytes() == (out / kept / "test_predictions.csv").read_bytes()
+
+
+def test_the_submission_is_scored_only_against_labels_for_every_clip(demo_copy):
+    truth = pd.read_csv(demo_copy / "test_labels.csv")
+    labels = [line.split(",", 1)[1] for line in (demo_copy / "vocabulary.csv").read_text().split()]
+    fnames = list(truth.fname)
+    rows = np.random.default_rng(0).random((len(fnames), len(labels)))
+    rows[0] = [float(label in truth.labels[0].split(",")) for label in labels]  # one clip ranked right
+    spec = DataSpec(root=str(demo_copy))
+    y = np.array([[float(label in str(row).split(",")) for label in labels] for row in truth.labels])
+    assert _test_lwlrap(spec, fnames, labels, rows) == pytest.approx(lwlrap(y, rows))
+    assert _test_lwlrap(spec, fnames, labels[::-1], rows) is None  # another label order
+    assert _test_lwlrap(spec, fnames + ["nope.wav"], labels, np.vstack([rows, rows[:1]])) is None
+    (demo_copy / "test_labels.csv").unlink()  # a real competition's test set: nothing to score against
+    assert _test_lwlrap(spec, fnames, labels, rows) is None
 
 
 def test_predictions_by_view_reproduce_a_finished_stage(straight_pipeline):
