@@ -159,6 +159,13 @@ def test_test_clips_take_the_labels_predicted_at_the_threshold(tmp_path):
     kept, targets = pseudo_labels_for_test_clips(path, clips, ("x", "y", "z"), 0.95, "soft")
     assert kept.all()
     np.testing.assert_allclose(targets, [[0.9, 0.5, 0.1], [0.2, 0.3, 0.7], [0.1, 0.49, 0.2]], rtol=1e-6)
+    # standardised soft targets: each label's logits over the clips get one shared mean and spread
+    kept, targets = pseudo_labels_for_test_clips(path, clips, ("x", "y", "z"), 0.95, "standardized")
+    assert kept.all() and targets.dtype == np.float32
+    logits = np.log(targets) - np.log1p(-targets)
+    np.testing.assert_allclose(logits.mean(axis=0), logits.mean(), atol=1e-4)
+    np.testing.assert_allclose(logits.std(axis=0), logits.std(), rtol=1e-3)
+    assert np.argmax(targets[:, 0]) == 0 and np.argmin(targets[:, 2]) == 0  # within a label, order is kept
 
     def refused(text, match, vocabulary=("x", "y", "z")):
         path.write_text(text)

@@ -216,11 +216,12 @@ class NoisyConfig:
     mixmatch_ramp_epochs: int = field(default=10, metadata=_range(0, 10000))
     # Test clips as extra noisy rows, from a Kaggle-format CSV of earlier predictions (a run's
     # test_predictions.csv, an ensemble's submission): targets = the labels predicted at >=
-    # test_threshold (clips with none left out), or soft = the probabilities themselves, every clip
-    # (distilling whatever made them). Their recordings then take part in training.
+    # test_threshold (clips with none left out), soft = the probabilities themselves, every clip
+    # (distilling whatever made them), or standardized = those standardised per label over the
+    # test clips, as a submission's are. Their recordings then take part in training.
     test_predictions: str | None = None
     test_threshold: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
-    test_targets: Literal["labels", "soft"] = "labels"
+    test_targets: Literal["labels", "soft", "standardized"] = "labels"
     test_batch_fraction: float | None = field(default=None, metadata=_range(0.0, 0.95, lo_open=True))  # own batch share
 
 

@@ -34,6 +34,7 @@ from ..errors import AudiotagError
 from ..features.bank import ClipBank
 from ..features.cache import FeatureSet
 from ..inference.predict import inference_spec, predict_model
+from ..inference.standardize import standardize_labels
 from ..runs import Run
 from .context import TrainingContext
 
@@ -144,7 +145,9 @@ def pseudo_labels_for_test_clips(path: str | Path, test_clips: list[Clip], vocab
                                  threshold: float, targets: str = "labels") -> tuple[np.ndarray, np.ndarray]:
     """``(kept mask over test_clips, targets (n_kept, K))`` from a Kaggle-format prediction CSV:
     ``labels``: a test clip keeps the labels predicted at ``threshold`` or above, clips with none
-    are left out; ``soft``: every clip, the predicted probabilities as its targets."""
+    are left out; ``soft``: every clip, the predicted probabilities as its targets;
+    ``standardized``: every clip, the probabilities standardised per label over these clips as a
+    submission's are (:func:`audiotag.inference.standardize.standardize_labels`)."""
     path = Path(path)
     where = f"noisy.test_predictions = {path}"
     try:
@@ -180,6 +183,8 @@ def pseudo_labels_for_test_clips(path: str | Path, test_clips: list[Clip], vocab
                             hint="predict the whole test split (audiotag predict RUN --data DATA)")
     if targets == "soft":
         return np.ones(len(test_clips), bool), probs
+    if targets == "standardized":
+        return np.ones(len(test_clips), bool), standardize_labels(probs).astype(np.float32)
     labels = probs >= threshold
     kept = labels.any(axis=1)
     return kept, labels[kept].astype(np.float32)
@@ -226,9 +231,10 @@ class NoisyPlan:
         clips = [c for c, keep in zip(test_clips, kept) if keep]
         fsutil.write_text(self.run.dir / "test_pseudo_labels.csv", _selection_csv(
             test_clips, self.vocabulary, np.zeros((len(test_clips), len(self.vocabulary))), kept, targets))
-        how = (f"all {len(clips)}, the predicted probabilities as targets" if self.cfg.test_targets == "soft" else
-               f"{len(clips)} of {len(test_clips)} have a prediction >= {self.cfg.test_threshold} "
-               f"({int(targets.sum())} labels)")
+        how = {"soft": f"all {len(clips)}, the predicted probabilities as targets",
+               "standardized": f"all {len(clips)}, the predicted probabilities standardised per label as targets",
+               }.get(self.cfg.test_targets, f"{len(clips)} of {len(test_clips)} have a prediction >= "
+                                            f"{self.cfg.test_threshold} ({int(targets.sum())} labels)")
         self.run.log(f"pseudo-labelled test clips: {how}; they join every fold as noisy rows"
                      + (f", {self.cfg.test_batch_fraction:.0%} of each batch" if self.cfg.test_batch_fraction else ""))
         return NoisyPart(clips, targets, n_test=len(clips))
