@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .. import fsutil
-from ..config import NoisyConfig
+from ..config import NoisyConfig, TrainConfig
 from ..data.folds import Folds, read_folds_csv
 from ..data.records import Clip, Dataset
 from ..engine.losses import SourceAwareLoss
@@ -49,9 +49,10 @@ class NoisyPart:
     n_test: int = 0
 
 
-def noisy_loss(cfg: NoisyConfig) -> SourceAwareLoss:
+def noisy_loss(cfg: NoisyConfig, train: TrainConfig) -> SourceAwareLoss:
     return SourceAwareLoss(cfg.loss, noisy_weight=cfg.weight, smoothing=cfg.smoothing, beta=cfg.bootstrap_beta,
-                           q=cfg.lq_q, drop=cfg.drop_fraction)
+                           q=cfg.lq_q, drop=cfg.drop_fraction, focusing=train.negative_focusing,
+                           margin=train.negative_margin)
 
 
 def noisy_clips(ds: Dataset, cfg: NoisyConfig, *, seed: int) -> list[Clip]:
