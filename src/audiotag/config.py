@@ -127,8 +127,6 @@ class TrainConfig:
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     warmup_fraction: float = field(default=0.2, metadata=_range(0.0, 0.9))
     grad_clip: float | None = field(default=5.0, metadata=_range(0.0, lo_open=True))
-    negative_focusing: float = field(default=0.0, metadata=_range(0.0, 10.0))  # asymmetric loss: a negative weighs p ** this
-    negative_margin: float = field(default=0.0, metadata=_range(0.0, 0.5))  # and its p is first lowered by this (0 = BCE)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     early_stopping_patience: int = field(default=0, metadata=_range(0))  # validations without improvement; 0 = off

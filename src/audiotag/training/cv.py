@@ -26,7 +26,6 @@ from ..engine import distributed
 from ..engine.callbacks import (Checkpointer, EarlyStopping, History, TensorBoardScalars, duration,
                                 tensorboard_available)
 from ..engine.checkpoint import load_checkpoint
-from ..engine.losses import multilabel_loss
 from ..engine.mixmatch import MixMatchTrainer
 from ..engine.trainer import Trainer, lr_lambda
 from ..errors import AudiotagError, DataError
@@ -195,8 +194,7 @@ def pretrain_on_noisy(ctx: TrainingContext) -> Path:
     model = new_model(config, channels=bank.channels, bands=bank.bands, n_classes=len(ctx.vocabulary),
                       device=ctx.device)
     run.log(f"pretraining on {len(bank)} noisy clips for {n.pretrain_epochs} epochs (loss {n.loss})")
-    job = FitJob(folder, model, sampler, curated, epochs=n.pretrain_epochs, lr=config.train.lr,
-                 loss_fn=noisy_loss(n, config.train),
+    job = FitJob(folder, model, sampler, curated, epochs=n.pretrain_epochs, lr=config.train.lr, loss_fn=noisy_loss(n),
                  meta=_meta(ctx, "pretrain", bank), prefix="pretrain  ", stream=PRETRAIN_STREAM,
                  early_stopping=False)  # stopping on curated lwlrap would let validation clips choose
     trainer = fit(job, ctx)
@@ -255,8 +253,7 @@ def run_fold(k: int, ctx: TrainingContext, *, epochs_after: int = 0) -> FoldResu
         start_from = " from the pretrained model" if ctx.pretrained is not None else ""
         run.log(f"fold {k}: training on {int((noisy_mask == 0).sum()) if noisy_mask is not None else len(train_bank)}"
                 f" curated{extra} clips{start_from}, validating on {len(val_bank)}")
-    loss_fn = (noisy_loss(config.noisy, t) if noisy_mask is not None
-               else multilabel_loss(focusing=t.negative_focusing, margin=t.negative_margin))
+    loss_fn = noisy_loss(config.noisy) if noisy_mask is not None else torch.nn.functional.binary_cross_entropy_with_logits
     start = time.perf_counter()
     trainer = fit(FitJob(folder, model, sampler, val_bank, epochs=t.epochs, lr=lr, loss_fn=loss_fn,
                          meta=_meta(ctx, k, train_bank), prefix=f"fold {k}  ", stream=k,

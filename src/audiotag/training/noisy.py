@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .. import fsutil
-from ..config import NoisyConfig, TrainConfig
+from ..config import NoisyConfig
 from ..data.folds import Folds, read_folds_csv
 from ..data.records import Clip, Dataset
 from ..engine.losses import SourceAwareLoss
@@ -49,10 +49,9 @@ class NoisyPart:
     n_test: int = 0
 
 
-def noisy_loss(cfg: NoisyConfig, train: TrainConfig) -> SourceAwareLoss:
+def noisy_loss(cfg: NoisyConfig) -> SourceAwareLoss:
     return SourceAwareLoss(cfg.loss, noisy_weight=cfg.weight, smoothing=cfg.smoothing, beta=cfg.bootstrap_beta,
-                           q=cfg.lq_q, drop=cfg.drop_fraction, focusing=train.negative_focusing,
-                           margin=train.negative_margin)
+                           q=cfg.lq_q, drop=cfg.drop_fraction)
 
 
 def noisy_clips(ds: Dataset, cfg: NoisyConfig, *, seed: int) -> list[Clip]:

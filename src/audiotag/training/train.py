@@ -121,9 +121,6 @@ def _train_run(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, pro
             f"{config.model.name} on {device} ({precision}, {where})" + (f"; this job: fold {fold}" if fold is not None else ""))
     if config.train.crop_energy > 0 and not crop_weighting(config):
         run.log("train.crop_energy: no logmel or cqt channel to weigh crops by, so crop starts are drawn uniformly")
-    if config.train.negative_focusing or config.train.negative_margin:
-        run.log(f"loss: asymmetric, an absent label's term weighted by its probability ** {config.train.negative_focusing:g}"
-                f" after lowering it by {config.train.negative_margin:g}")
     clock = RunClock(run)
     marker = run.claim_fold(fold) if fold is not None and distributed.is_main() else None
     try:
