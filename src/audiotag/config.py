@@ -115,7 +115,7 @@ class TrainConfig:
     use_dataset_folds: bool = True  # ESC-50 / UrbanSound8K folds when the dataset has them
     # The fold split's seed (null = seed): a seed ensemble keeps it, so its runs share folds for nested CV.
     fold_seed: int | None = field(default=None, metadata=_range(0, MAX_SEED))
-    epochs: int = field(default=200, metadata=_range(1, 10000))
+    epochs: int = field(default=300, metadata=_range(1, 10000))
     batch_size: int = field(default=32, metadata=_range(1, 4096))
     crop_seconds: float = field(default=3.0, metadata=_range(0.1, 600.0))
     crop_energy: float = field(default=1.0, metadata=_range(0.0, 4.0))  # crop starts weighted by power ** this
