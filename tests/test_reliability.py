@@ -218,6 +218,19 @@ def test_a_full_disk_leaves_no_file_behind_and_says_so(tmp_path, monkeypatch):
     assert list((tmp_path / "fold_0").iterdir()) == []
 
 
+def test_checking_an_output_path_creates_nothing_and_the_first_write_makes_its_folders(tmp_path):
+    out = tmp_path / "new" / "deeper"
+    assert fsutil.check_writable(out, folder=True) == out
+    assert fsutil.check_writable(tmp_path / "other" / "s.csv") == tmp_path / "other" / "s.csv"
+    assert list(tmp_path.iterdir()) == []  # a command that fails after its checks leaves no empty folder
+    fsutil.write_text(out / "x.txt", "x")
+    assert (out / "x.txt").read_text() == "x"
+    (tmp_path / "a-file").write_text("")
+    for path, folder in ((tmp_path / "a-file" / "sub", True), (tmp_path / "a-file" / "sub" / "s.csv", False)):
+        with pytest.raises(fsutil.OutputError, match="cannot write under .*a-file, which is a file"):
+            fsutil.check_writable(path, folder=folder)
+
+
 def test_a_read_only_output_folder_is_one_clear_error(demo_data, tmp_path, monkeypatch, capsys):
     real_replace = os.replace
 

@@ -84,17 +84,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def check_writable(path: str | Path, *, folder: bool = False, option: str = "--out") -> Path:
     """Fail now, not after the compute, when ``path`` (a file, or a folder with ``folder``) cannot
-    be written: it is the wrong kind of thing, or its folder refuses a file."""
+    be written: it is the wrong kind of thing, or its folder refuses a file. Creates nothing: the
+    folders still missing are made by the first write, so a command that fails later leaves none."""
     path = Path(path)
     if folder and path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file, not a folder", hint=f"give {option} a folder to write into")
     if not folder and path.is_dir():
         raise OutputError(f"{option} {path} is a folder, not a file", hint=f"give {option} a file name")
-    where = path if folder else path.parent
     if not _writes_enabled:
         return path
+    where = path if folder else path.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise OutputError(f"{option} {path}: cannot write under {where}, which is a file",
+                          hint=f"choose another {option}, or move {where} away")
     try:
-        where.mkdir(parents=True, exist_ok=True)
         probe = temporary_path(where / ".write-probe")
         probe.touch()
         probe.unlink()

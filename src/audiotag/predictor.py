@@ -175,6 +175,19 @@ def events_from_scores(scores: pd.DataFrame, *, hop_s: float, threshold: float,
     return events.sort_values(["onset_s", "label"], kind="stable").reset_index(drop=True)
 
 
+def check_timeline_options(hop_seconds: float, threshold: float, min_duration_seconds: float = 0.0) -> None:
+    """Reject the timeline settings that would give no or wrong events, before any work or output."""
+    if not (hop_seconds > 0 and np.isfinite(hop_seconds)):
+        raise AudiotagError(f"hop_seconds (--hop-seconds) = {hop_seconds!r}: a positive number of seconds",
+                            hint="e.g. 0.5: windows are scored every half second")
+    if not 0 < threshold < 1:
+        raise AudiotagError(f"threshold (--threshold) = {threshold!r}: a probability between 0 and 1",
+                            hint="e.g. 0.5; lower finds more and fainter events")
+    if not (min_duration_seconds >= 0 and np.isfinite(min_duration_seconds)):
+        raise AudiotagError(f"min_duration_seconds (--min-duration) = {min_duration_seconds!r}: "
+                            "zero or a positive number of seconds", hint="e.g. 1 keeps events of a second or longer")
+
+
 class Predictor:
     """The front door: ``load_predictor(path).predict(files)`` for a run, ensemble or pipeline."""
 
@@ -197,12 +210,7 @@ class Predictor:
     def timeline(self, audio, *, sample_rate: int | None = None, hop_seconds: float = 0.5, threshold: float = 0.5,
                  min_duration_seconds: float = 0.0) -> Timeline:
         """Window scores every ``hop_seconds`` over one recording and the events above ``threshold``."""
-        if not (hop_seconds > 0 and np.isfinite(hop_seconds)):
-            raise AudiotagError(f"hop_seconds (--hop-seconds) = {hop_seconds!r}: a positive number of seconds",
-                                hint="e.g. 0.5: windows are scored every half second")
-        if not 0 < threshold < 1:
-            raise AudiotagError(f"threshold (--threshold) = {threshold!r}: a probability between 0 and 1",
-                                hint="e.g. 0.5; lower finds more and fainter events")
+        check_timeline_options(hop_seconds, threshold, min_duration_seconds)
         (one,) = decode_inputs(audio, sample_rate=sample_rate, single=True)
         duration = len(one.samples) / one.sample_rate
         centres = np.arange(hop_seconds / 2, max(duration, hop_seconds / 2 + 1e-9), hop_seconds)

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..inference.score import score_submission
 from .. import fsutil
 from ..export import export
-from ..predictor import load_predictor, predict_submission, tag_files
+from ..predictor import check_timeline_options, load_predictor, predict_submission, tag_files
 from ..runs import list_runs
 from ..training.audit import audit_run
 from ..training.train import merge, resume, train
@@ -182,8 +182,10 @@ def cmd_tag(args) -> int:
 
 
 def _timelines(args) -> int:
-    out = fsutil.check_writable(Path(args.out or "timelines"), folder=True)
+    # every check that can fail comes before the output folder is made
+    check_timeline_options(args.hop_seconds, args.threshold, args.min_duration)
     predictor = load_predictor(args.run, device=args.device or "auto", allow_missing_folds=args.allow_missing_folds)
+    out = fsutil.check_writable(Path(args.out or "timelines"), folder=True)
     for path in args.files:
         timeline = predictor.timeline(path, hop_seconds=args.hop_seconds, threshold=args.threshold,
                                       min_duration_seconds=args.min_duration)
