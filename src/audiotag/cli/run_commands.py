@@ -182,7 +182,7 @@ def cmd_tag(args) -> int:
 
 
 def _timelines(args) -> int:
-    # every check that can fail comes before the output folder is made
+    # the options first: a bad one is refused before the models load
     check_timeline_options(args.hop_seconds, args.threshold, args.min_duration)
     predictor = load_predictor(args.run, device=args.device or "auto", allow_missing_folds=args.allow_missing_folds)
     out = fsutil.check_writable(Path(args.out or "timelines"), folder=True)
