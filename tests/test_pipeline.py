@@ -87,7 +87,7 @@ def test_stages_run_in_order_and_finished_ones_are_reused(demo_data, tmp_path, c
     first = mtimes(out)
     assert len(first) == 4  # 2 training stages x 2 folds
 
-    capsys.readouterr()
+    assert "[2/3] freqpos: about" in capsys.readouterr().out  # the training left, at the baseline's pace
     assert run_cli(recipe, demo_data, out, cache) == 0  # unchanged: nothing retrained
     assert "done earlier, reused" in capsys.readouterr().out
     assert mtimes(out) == first
@@ -405,3 +405,31 @@ def test_an_ensembles_inference_time_counts_only_the_members_its_blend_weighs():
                          "minutes": 0.2, "inference_ms_per_clip": 37.4}}
     row = next(line for line in _markdown(results, "final").splitlines() if line.startswith("| final"))
     assert "weighted: long; weight 0: baseline, student" in row and "| 37.4 |" in row
+
+
+def test_the_training_left_is_estimated_at_the_pace_of_the_stages_before(tmp_path):
+    from audiotag.config import Config
+    from audiotag.engine.callbacks import duration
+    from audiotag.recipes.pipeline import epoch_cost, epochs_to_train, training_left
+    from audiotag.recipes.recipe import stage_config
+
+    recipe = load_recipe(bundled_recipe("cpu-small"))
+    configs = {s.name: stage_config(recipe, s, base=Config(), out=tmp_path) for s in recipe.stages
+               if s.ensemble is None}
+    assert list(configs) == ["baseline", "distilled"]
+    base, student = configs["baseline"].train, configs["distilled"].train
+    assert training_left({}, configs, tmp_path, now="baseline") == ""  # nothing has set a pace yet
+    (tmp_path / "distilled" / "fold_0").mkdir(parents=True)
+    (tmp_path / "distilled" / "fold_0" / "done.json").write_text("{}")  # one fold finished before a stop
+    assert epoch_cost(configs["baseline"]) == 1 and epoch_cost(configs["distilled"]) == pytest.approx(1.25)
+    results = {"baseline": {"kind": "train", "minutes": base.folds * base.epochs * 3 / 60}}  # 3 s an epoch
+    left = (student.folds - 1) * student.epochs
+    assert epochs_to_train(configs["distilled"], tmp_path / "distilled") == left
+    assert epochs_to_train(configs["distilled"]) == left + student.epochs
+    message = training_left(results, configs, tmp_path, now="distilled")  # a fifth of each batch test rows
+    assert message == f"about {duration(left * 3 * 1.25)} of training left in the pipeline (at the 3.0 s an " \
+                      "epoch of the stages before)"
+    for k in range(1, student.folds):  # every fold done: nothing left, nothing said
+        (tmp_path / "distilled" / f"fold_{k}").mkdir()
+        (tmp_path / "distilled" / f"fold_{k}" / "done.json").write_text("{}")
+    assert training_left(results, configs, tmp_path, now="distilled") == ""

@@ -24,6 +24,7 @@ import yaml
 
 from .. import fsutil
 from ..config import Config, read_yaml
+from ..engine.callbacks import duration
 from ..ensemble.blending import DEFAULT_BLENDS, blend_members
 from ..ensemble.budget import BudgetMember, fit_budget, kaggle_minutes, predict_by_view
 from ..ensemble.estimators import MeanBlend
@@ -189,12 +190,13 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
     state = StageState(out, recipe, data, log)
     results: dict[str, dict] = {}
     started = time.perf_counter()
+    configs = {s.name: stage_config(recipe, s, base=base, out=out) for s in recipe.stages if s.ensemble is None}
     for i, stage in enumerate(recipe.stages, 1):
         def say(message: str, i=i, stage=stage) -> None:
             log(f"[{i}/{len(recipe.stages)}] {stage.name}: {message}")
 
         folder = out / stage.name
-        config = stage_config(recipe, stage, base=base, out=out) if stage.ensemble is None else None
+        config = configs.get(stage.name)
         fp, settings = state.decide(stage, config, folder)
         if stage.name not in state.kept and folder.exists():
             aside = out / ".replaced" / f"{stage.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -202,6 +204,9 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
             shutil.move(str(folder), str(aside))
             say(f"settings or inputs changed; old folder moved to {aside}")
         if config is not None:
+            left = training_left(results, configs, out, now=stage.name)
+            if left:
+                say(left)
             results[stage.name] = _train_stage(stage, config, folder, fp=fp, settings=settings, state=state,
                                                data=data, cache_dir=cache_dir, progress=progress, say=say)
         else:
@@ -229,6 +234,36 @@ def run_pipeline(recipe: Recipe, data: DataSpec, *, out: str | Path, base: Confi
     state.save(extra=summary)
     fsutil.write_text(out / "pipeline.md", _markdown(results, final.name, submission=summary))
     return summary
+
+
+def epochs_to_train(config: Config, folder: Path | None = None) -> int:
+    """Epochs of a stage's folds that have not finished in ``folder`` (a fold cut short counts in
+    full); all of them without a folder."""
+    folds = config.train.only_folds if config.train.only_folds is not None else range(config.train.folds)
+    return config.train.epochs * sum(folder is None or not (folder / f"fold_{k}" / "done.json").exists()
+                                     for k in folds)
+
+
+def epoch_cost(config: Config) -> float:
+    """An epoch's batches relative to curated clips alone: noisy or test rows, a fixed share of each
+    batch, add batches to every pass over the curated clips."""
+    n = config.noisy
+    share = (n.batch_fraction if n.strategy in ("joint", "pseudo") else 0.0) + (n.test_batch_fraction or 0.0)
+    return 1 / (1 - share)
+
+
+def training_left(results: dict, configs: dict[str, Config], out: Path, *, now: str) -> str:
+    """``about 1 h 35 min of training left ...``: the epochs of stage ``now`` and the training
+    stages after it, at the pace of the training stages before it; "" before any has trained."""
+    names = list(configs)
+    before = [n for n in names[:names.index(now)] if results.get(n, {}).get("minutes")]
+    trained = sum(epochs_to_train(configs[n]) * epoch_cost(configs[n]) for n in before)
+    left = sum(epochs_to_train(configs[n], out / n) * epoch_cost(configs[n]) for n in names[names.index(now):])
+    if not trained or not left:
+        return ""
+    per_epoch = sum(results[n]["minutes"] for n in before) * 60 / trained
+    return (f"about {duration(left * per_epoch)} of training left in the pipeline (at the {per_epoch:.1f} s "
+            "an epoch of the stages before)")
 
 
 def _test_lwlrap(data: DataSpec, fnames: list[str], labels: list[str], rows: np.ndarray) -> float | None:
