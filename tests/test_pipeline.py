@@ -362,6 +362,21 @@ def test_recipes_that_cannot_work_are_refused_before_any_training(stages, messag
         parse_recipe({"stages": stages})
 
 
+def test_a_stage_of_its_own_seed_keeps_the_other_stages_folds(tmp_path):
+    from audiotag.config import Config
+    from audiotag.recipes.recipe import stage_config
+
+    recipe = parse_recipe({"set": {"seed": 4}, "stages": [
+        {"name": "a"}, {"name": "b", "set": {"seed": 1}}, {"name": "c", "set": {"seed": 2, "train.fold_seed": 7}},
+        {"name": "blend", "ensemble": ["a", "b", "c"]}]})
+    configs = {s.name: stage_config(recipe, s, base=Config(), out=tmp_path) for s in recipe.stages[:3]}
+    assert (configs["a"].seed, configs["a"].train.fold_seed) == (4, None)  # as before: folds of seed 4
+    assert (configs["b"].seed, configs["b"].train.fold_seed) == (1, 4)
+    assert (configs["c"].seed, configs["c"].train.fold_seed) == (2, 7)  # a stage's own fold seed stands
+    recipe.forced = {"train": {"fold_seed": 3}}
+    assert stage_config(recipe, recipe.stages[1], base=Config(), out=tmp_path).train.fold_seed == 3
+
+
 def test_a_budget_is_a_positive_number_for_a_recipe_with_a_blend():
     from audiotag.recipes.recipe import with_budget
 

@@ -19,6 +19,8 @@ A recipe is YAML data::
       - name: final
         ensemble: [baseline, pseudo, cqt, test_pl]
 
+A stage that sets its own ``seed`` keeps the other stages' folds (its ``train.fold_seed`` is
+pinned unless it sets one), since blends and stacks pair clips out of fold.
 :mod:`audiotag.recipes.pipeline` runs them.
 """
 
@@ -170,6 +172,11 @@ def portable_settings(settings: dict, stage: Stage) -> dict:
 
 def stage_config(recipe: Recipe, stage: Stage, *, base: Config, out: Path) -> Config:
     data = merge_dicts(merge_dicts(merge_dicts(base.to_dict(), recipe.changes), stage.changes), recipe.forced)
+    shared = merge_dicts(merge_dicts(base.to_dict(), recipe.changes), recipe.forced)
+    if data["seed"] != shared["seed"] and data["train"]["fold_seed"] is None:
+        # stages are blended clip by clip, so a stage of its own seed keeps the others' folds
+        folds = shared["train"]["fold_seed"]
+        data = merge_dicts(data, {"train": {"fold_seed": shared["seed"] if folds is None else folds}})
     if stage.teacher:
         data = merge_dicts(data, {"noisy": {"teacher": str((out / stage.teacher).resolve())}})
     if stage.pseudo_labels:
