@@ -362,6 +362,16 @@ def test_recipes_that_cannot_work_are_refused_before_any_training(stages, messag
         parse_recipe({"stages": stages})
 
 
+def test_a_later_stage_with_a_bad_setting_is_refused_before_the_first_trains(demo_data, tmp_path, capsys):
+    bad = json.loads(json.dumps(RECIPE))
+    bad["stages"][1]["set"]["model.dropout"] = 1.5
+    out = tmp_path / "p"
+    assert run_cli(write_recipe(tmp_path / "recipe.yaml", bad), demo_data, out, tmp_path / "cache") == 2
+    err = capsys.readouterr().err
+    assert "stage freqpos" in err and "dropout" in err and "Traceback" not in err
+    assert not (out / "baseline").exists()  # nothing was trained
+
+
 def test_a_stage_of_its_own_seed_keeps_the_other_stages_folds(tmp_path):
     from audiotag.config import Config
     from audiotag.recipes.recipe import stage_config
