@@ -458,3 +458,7 @@ def test_the_training_left_is_estimated_at_the_pace_of_the_stages_before(tmp_pat
         (tmp_path / "distilled" / f"fold_{k}").mkdir()
         (tmp_path / "distilled" / f"fold_{k}" / "done.json").write_text("{}")
     assert training_left(results, configs, tmp_path, now="distilled") == ""
+    configs["later"] = configs["distilled"]  # a stage still to train after the finished one
+    assert training_left(results, configs, tmp_path, now="distilled") == ""  # reused without a word
+    assert training_left(results, configs, tmp_path, now="later").startswith(
+        f"about {duration(student.folds * student.epochs * 3 * 1.25)} ")

@@ -254,8 +254,11 @@ def epoch_cost(config: Config) -> float:
 
 def training_left(results: dict, configs: dict[str, Config], out: Path, *, now: str) -> str:
     """``about 1 h 35 min of training left ...``: the epochs of stage ``now`` and the training
-    stages after it, at the pace of the training stages before it; "" before any has trained."""
+    stages after it, at the pace of the training stages before it; "" before any has trained, and
+    for a finished stage (reused without a word)."""
     names = list(configs)
+    if not epochs_to_train(configs[now], out / now):
+        return ""
     before = [n for n in names[:names.index(now)] if results.get(n, {}).get("minutes")]
     trained = sum(epochs_to_train(configs[n]) * epoch_cost(configs[n]) for n in before)
     left = sum(epochs_to_train(configs[n], out / n) * epoch_cost(configs[n]) for n in names[names.index(now):])
