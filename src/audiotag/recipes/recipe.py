@@ -21,6 +21,7 @@ A recipe is YAML data::
 
 A stage that sets its own ``seed`` keeps the other stages' folds (its ``train.fold_seed`` is
 pinned unless it sets one), since blends and stacks pair clips out of fold.
+
 :mod:`audiotag.recipes.pipeline` runs them.
 """
 
