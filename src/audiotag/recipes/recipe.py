@@ -172,8 +172,9 @@ def portable_settings(settings: dict, stage: Stage) -> dict:
 
 
 def stage_config(recipe: Recipe, stage: Stage, *, base: Config, out: Path) -> Config:
-    data = merge_dicts(merge_dicts(merge_dicts(base.to_dict(), recipe.changes), stage.changes), recipe.forced)
-    shared = merge_dicts(merge_dicts(base.to_dict(), recipe.changes), recipe.forced)
+    common = merge_dicts(base.to_dict(), recipe.changes)
+    data = merge_dicts(merge_dicts(common, stage.changes), recipe.forced)
+    shared = merge_dicts(common, recipe.forced)  # what every stage gets unless it says otherwise
     if data["seed"] != shared["seed"] and data["train"]["fold_seed"] is None:
         # stages are blended clip by clip, so a stage of its own seed keeps the others' folds
         folds = shared["train"]["fold_seed"]
