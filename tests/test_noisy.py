@@ -138,6 +138,10 @@ def test_pseudo_labels_from_a_teacher_run(demo_data, tmp_path):
     student0 = train_tiny(demo_data, tmp_path / "student0", tmp_path / "cache", "train.only_folds=[0]",
                           "noisy.strategy=pseudo", f"noisy.teacher={half.dir}", "noisy.pseudo_rule=soft")
     assert [p.name for p in (student0.dir / "pseudo").glob("teacher_fold_*.npy")] == ["teacher_fold_0.npy"]
+    # ... but not for a student of both folds
+    with pytest.raises(AudiotagError, match="has not finished fold 1"):
+        train_tiny(demo_data, tmp_path / "student01", tmp_path / "cache", "noisy.strategy=pseudo",
+                   f"noisy.teacher={half.dir}", "noisy.pseudo_rule=soft")
 
 
 class _Clip:

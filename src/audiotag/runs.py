@@ -196,6 +196,15 @@ def result_settings(config: Config) -> dict:
     return d
 
 
+def fold_dir(run_dir: Path, k: int) -> Path:
+    return run_dir / f"fold_{k}"
+
+
+def fold_done(run_dir: Path, k: int) -> bool:
+    """Whether fold ``k`` of the run in ``run_dir`` finished: its done.json is written last."""
+    return (fold_dir(run_dir, k) / "done.json").exists()
+
+
 class Run:
     def __init__(self, folder: Path):
         self.dir = Path(folder)
@@ -359,7 +368,10 @@ class Run:
         return tuple(load_checkpoint(self.fold_dir(self.finished_folds()[0]) / "best.pt")["vocabulary"])
 
     def fold_dir(self, k: int) -> Path:
-        return self.dir / f"fold_{k}"
+        return fold_dir(self.dir, k)
+
+    def fold_done(self, k: int) -> bool:
+        return fold_done(self.dir, k)
 
     def finished_folds(self) -> list[int]:
         folds = sorted(int(p.parent.name.split("_")[1]) for p in self.dir.glob("fold_*/done.json"))

@@ -33,7 +33,7 @@ from ..ensemble.persist import save_blender
 from ..errors import AudiotagError
 from ..inference.standardize import applies as standardize_applies, check_mode as check_standardize, standardize_labels
 from ..metrics import lwlrap
-from ..runs import DataSpec, Run, read_predictions, result_settings, write_predictions
+from ..runs import DataSpec, Run, fold_done, read_predictions, result_settings, write_predictions
 from ..training.train import resume, train
 from .recipe import STAGE_PATHS, Recipe, Stage, portable_settings, stage_config
 
@@ -240,8 +240,7 @@ def epochs_to_train(config: Config, folder: Path | None = None) -> int:
     """Epochs of a stage's folds that have not finished in ``folder`` (a fold cut short counts in
     full); all of them without a folder."""
     folds = config.train.only_folds if config.train.only_folds is not None else range(config.train.folds)
-    return config.train.epochs * sum(folder is None or not (folder / f"fold_{k}" / "done.json").exists()
-                                     for k in folds)
+    return config.train.epochs * sum(folder is None or not fold_done(folder, k) for k in folds)
 
 
 def epoch_cost(config: Config) -> float:

@@ -315,7 +315,7 @@ def run_cv(ctx: TrainingContext, *, folds_to_train: list[int] | None = None) -> 
         eta = f"; about {duration(np.mean(took) * (len(todo) - i + 1))} left for this run" if took else ""
         ctx.run.log(f"fold {k} ({i}/{len(todo)}){eta}")
         start = time.perf_counter()
-        later = sum(not (ctx.run.fold_dir(j) / "done.json").exists() for j in todo[i:])
+        later = sum(not ctx.run.fold_done(j) for j in todo[i:])
         results.append(run_fold(k, ctx, epochs_after=later * config.train.epochs))
         if not results[-1].summary.get("reused"):
             took.append(time.perf_counter() - start)

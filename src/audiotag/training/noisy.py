@@ -100,7 +100,7 @@ def teacher_predictions(teacher: Run, features: FeatureSet, clips: list[Clip], *
         if path.exists() and np.load(path, mmap_mode="r").shape[0] == len(clips):
             out[k] = np.load(path)
             continue
-        if not (teacher.fold_dir(k) / "done.json").exists():
+        if not teacher.fold_done(k):
             raise AudiotagError(f"the teacher run {teacher.dir} has not finished fold {k}",
                                 hint=f"finish it: audiotag train --resume {teacher.dir}")
         progress_log(f"teacher fold {k}: predicting {len(clips)} noisy clips")

@@ -131,7 +131,7 @@ def _train_run(run: Run, config: Config, data: DataSpec, *, cache_dir: Path, pro
         if marker is not None:
             marker.unlink(missing_ok=True)
     if scores is None:  # a fold job whose siblings are not all done yet
-        pending = [k for k in range(folds.n_folds) if not (run.fold_dir(k) / "done.json").exists()]
+        pending = [k for k in range(folds.n_folds) if not run.fold_done(k)]
         run.log(f"fold {fold} done; waiting for fold(s) {', '.join(map(str, pending))}; when they are done, "
                 f"`audiotag merge {run.dir}` assembles the run (the last fold job does it by itself)")
         clock.lap()
@@ -222,7 +222,7 @@ def merge(folder: str | Path, *, progress: bool = True) -> Run:
     train_clips, test_clips = ds.split("curated"), ds.split("test")
     folds = _load_folds(run, config, ds, train_clips, cache_dir)
     todo = config.train.only_folds if config.train.only_folds is not None else range(folds.n_folds)
-    missing = [k for k in todo if not (run.fold_dir(k) / "done.json").exists()]
+    missing = [k for k in todo if not run.fold_done(k)]
     if missing:
         raise AudiotagError(f"{run.dir}: fold(s) {', '.join(map(str, missing))} are not done",
                             hint="train them first: " + "; ".join(f"audiotag train --resume {run.dir} --fold {k}"
