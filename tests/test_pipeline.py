@@ -385,6 +385,13 @@ def test_a_stage_of_its_own_seed_keeps_the_other_stages_folds(tmp_path):
     assert (configs["c"].seed, configs["c"].train.fold_seed) == (2, 7)  # a stage's own fold seed stands
     recipe.forced = {"train": {"fold_seed": 3}}
     assert stage_config(recipe, recipe.stages[1], base=Config(), out=tmp_path).train.fold_seed == 3
+    # --set seed=N moves every stage: the seed ensemble stays one, on the folds of seed N
+    recipe.forced = {"seed": 10}
+    moved = {s.name: stage_config(recipe, s, base=Config(), out=tmp_path) for s in recipe.stages[:3]}
+    assert [(c.seed, c.train.fold_seed) for c in moved.values()] == [(10, None), (7, 10), (8, 7)]
+    recipe.forced = {"seed": 1}
+    with pytest.raises(ConfigError, match="stage b: .* negative"):
+        stage_config(recipe, recipe.stages[1], base=Config(), out=tmp_path)
 
 
 def test_a_budget_is_a_positive_number_for_a_recipe_with_a_blend():

@@ -20,7 +20,8 @@ A recipe is YAML data::
         ensemble: [baseline, pseudo, cqt, test_pl]
 
 A stage that sets its own ``seed`` keeps the other stages' folds (its ``train.fold_seed`` is
-pinned unless it sets one), since blends and stacks pair clips out of fold.
+pinned unless it sets one), since blends and stacks pair clips out of fold. ``--set seed=N``
+moves every stage's seed by the same amount, so such a stage stays apart from the others.
 
 :mod:`audiotag.recipes.pipeline` runs them.
 """
@@ -175,6 +176,14 @@ def stage_config(recipe: Recipe, stage: Stage, *, base: Config, out: Path) -> Co
     common = merge_dicts(base.to_dict(), recipe.changes)
     data = merge_dicts(merge_dicts(common, stage.changes), recipe.forced)
     shared = merge_dicts(common, recipe.forced)  # what every stage gets unless it says otherwise
+    own, moved = stage.changes.get("seed"), recipe.forced.get("seed")
+    if isinstance(own, int) and isinstance(moved, int) and isinstance(common["seed"], int):
+        # --set seed=N moves the whole recipe: a stage of its own seed stays as far from the others'
+        data["seed"] = own - common["seed"] + moved
+        if data["seed"] < 0:
+            raise ConfigError(f"stage {stage.name}: its seed {own} lies {common['seed'] - own} below the recipe's; "
+                              f"moved with --set seed={moved} it would be negative",
+                              hint=f"give --set seed={common['seed'] - own} or more")
     if data["seed"] != shared["seed"] and data["train"]["fold_seed"] is None:
         # stages are blended clip by clip, so a stage of its own seed keeps the others' folds
         folds = shared["train"]["fold_seed"]
