@@ -102,6 +102,14 @@ def test_joint_training_uses_the_noisy_clips(demo_data, tmp_path):
     assert 0 < run.scores["oof_lwlrap"] <= 1
 
 
+def test_a_pretraining_that_learnt_nothing_is_reported(demo_data, tmp_path):
+    run = train_tiny(demo_data, tmp_path / "pre", tmp_path / "cache", "noisy.strategy=pretrain",
+                     "noisy.pretrain_epochs=1", "noisy.loss=lq", "train.lr=1e-9", "train.epochs=1",
+                     "train.only_folds=[0]")
+    log = (run.dir / "log.txt").read_text()
+    assert "pretraining learnt next to nothing" in log and "pretrain with noisy.loss=bce" in log
+
+
 def test_pretrain_then_fine_tune(demo_data, tmp_path):
     run = train_tiny(demo_data, tmp_path / "pre", tmp_path / "cache", "noisy.strategy=pretrain",
                      "noisy.pretrain_epochs=2", "noisy.finetune_lr_scale=1.0")
