@@ -102,12 +102,13 @@ def test_joint_training_uses_the_noisy_clips(demo_data, tmp_path):
     assert 0 < run.scores["oof_lwlrap"] <= 1
 
 
-def test_a_pretraining_that_learnt_nothing_is_reported(demo_data, tmp_path):
+@pytest.mark.parametrize("loss, hint", [("lq", "pretrain with noisy.loss=bce"), ("bce", "more noisy.pretrain_epochs")])
+def test_a_pretraining_that_learnt_nothing_is_reported(demo_data, tmp_path, loss, hint):
     run = train_tiny(demo_data, tmp_path / "pre", tmp_path / "cache", "noisy.strategy=pretrain",
-                     "noisy.pretrain_epochs=1", "noisy.loss=lq", "train.lr=1e-9", "train.epochs=1",
+                     "noisy.pretrain_epochs=1", f"noisy.loss={loss}", "train.lr=1e-9", "train.epochs=1",
                      "train.only_folds=[0]")
     log = (run.dir / "log.txt").read_text()
-    assert "pretraining learnt next to nothing" in log and "pretrain with noisy.loss=bce" in log
+    assert "pretraining learnt next to nothing" in log and hint in log
 
 
 def test_pretrain_then_fine_tune(demo_data, tmp_path):

@@ -177,7 +177,7 @@ def stage_config(recipe: Recipe, stage: Stage, *, base: Config, out: Path) -> Co
     data = merge_dicts(merge_dicts(common, stage.changes), recipe.forced)
     shared = merge_dicts(common, recipe.forced)  # what every stage gets unless it says otherwise
     own, moved = stage.changes.get("seed"), recipe.forced.get("seed")
-    if isinstance(own, int) and isinstance(moved, int) and isinstance(common["seed"], int):
+    if all(type(v) is int for v in (own, moved, common["seed"])):  # a bad value is validation's to report
         # --set seed=N moves the whole recipe: a stage of its own seed stays as far from the others'
         data["seed"] = own - common["seed"] + moved
         if data["seed"] < 0:
