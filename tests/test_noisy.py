@@ -11,7 +11,7 @@ from audiotag.data.layouts import load_dataset
 from audiotag.errors import AudiotagError, ConfigError
 from audiotag.features.bank import ClipBank
 from audiotag.training.batches import CropSampler
-from audiotag.training.noisy import pseudo_labels_for_test_clips, select_pseudo
+from audiotag.training.noisy import pretraining_warning, pseudo_labels_for_test_clips, select_pseudo
 from audiotag.runs import DataSpec
 from audiotag.training.train import train
 
@@ -100,6 +100,18 @@ def test_joint_training_uses_the_noisy_clips(demo_data, tmp_path):
     folds = pd.read_csv(run.dir / "folds.csv")
     assert done["n_train"] == (folds.fold != 0).sum() + n_noisy  # the other fold's curated clips + every noisy clip
     assert 0 < run.scores["oof_lwlrap"] <= 1
+
+
+def test_the_pretraining_warning_measures_against_the_label_frequencies():
+    curated = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    noisy = np.eye(3, dtype=np.float32)[[0, 0, 0, 1, 1, 2]]  # every clip ranked 0 > 1 > 2
+    prior = (1 + 1 / 2 + 1 / 3 + 1) / 4  # precision at each true label's rank, by hand: 0.7083
+    bce, lq = NoisyConfig(loss="bce"), NoisyConfig(loss="lq")
+    assert pretraining_warning(prior + 0.06, curated, noisy, bce) is None  # learnt: silent
+    assert pretraining_warning(1.0, curated, noisy, lq) is None
+    said = pretraining_warning(prior + 0.04, curated, noisy, bce)
+    assert f"{prior:.4f}" in said and "more noisy.pretrain_epochs" in said
+    assert "noisy.loss=bce" in pretraining_warning(prior, curated, noisy, lq)
 
 
 @pytest.mark.parametrize("loss, hint", [("lq", "pretrain with noisy.loss=bce"), ("bce", "more noisy.pretrain_epochs")])

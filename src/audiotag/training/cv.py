@@ -37,7 +37,7 @@ from ..models import new_model
 from ..runs import CLAIM, Run, claim_folder, write_predictions
 from .batches import CropSampler, prefetch
 from .context import TrainingContext
-from .noisy import NoisyPlan, noisy_loss, training_bank
+from .noisy import NoisyPlan, noisy_loss, pretraining_warning, training_bank
 
 
 def crop_weighting(config: Config) -> dict:
@@ -205,12 +205,9 @@ def pretrain_on_noisy(ctx: TrainingContext) -> Path:
     if distributed.is_main():
         (folder / CLAIM).unlink(missing_ok=True)
     run.log(f"pretraining done: lwlrap {summary['curated_lwlrap']:.4f} on all curated clips")
-    prior = lwlrap(curated.targets, np.tile(plan.given.mean(axis=0), (len(curated), 1)))
-    if summary["curated_lwlrap"] < prior + 0.05:
-        why = (f"a robust loss (noisy.loss = {n.loss}) on noisy rows alone can settle on predicting no label; "
-               "pretrain with noisy.loss=bce" if n.loss != "bce" else "give it more noisy.pretrain_epochs")
-        run.log(f"warning: the pretraining learnt next to nothing: scoring every clip by the noisy labels' "
-                f"frequencies alone gives {prior:.4f}; {why}, or use another noisy.strategy")
+    warning = pretraining_warning(summary["curated_lwlrap"], curated.targets, plan.given, n)
+    if warning:
+        run.log(f"warning: {warning}")
     return weights
 
 

@@ -35,8 +35,12 @@ from ..features.bank import ClipBank
 from ..features.cache import FeatureSet
 from ..inference.predict import inference_spec, predict_model
 from ..inference.standardize import standardize_labels
+from ..metrics import lwlrap
 from ..runs import Run
 from .context import TrainingContext
+
+# a pretraining must beat the label frequencies' lwlrap by this much to count as having learnt
+PRETRAIN_MARGIN = 0.05
 
 
 @dataclass
@@ -52,6 +56,20 @@ class NoisyPart:
 def noisy_loss(cfg: NoisyConfig) -> SourceAwareLoss:
     return SourceAwareLoss(cfg.loss, noisy_weight=cfg.weight, smoothing=cfg.smoothing, beta=cfg.bootstrap_beta,
                            q=cfg.lq_q, drop=cfg.drop_fraction)
+
+
+def pretraining_warning(curated_lwlrap: float, curated_targets: np.ndarray, noisy_given: np.ndarray,
+                        cfg: NoisyConfig) -> str | None:
+    """What to tell the user when a noisy-only pretraining scores the curated clips little better than
+    the noisy labels' frequencies alone (the same ranking for every clip); ``None`` when it learnt."""
+    prior = lwlrap(curated_targets, np.tile(noisy_given.mean(axis=0), (len(curated_targets), 1)))
+    if curated_lwlrap >= prior + PRETRAIN_MARGIN:
+        return None
+    why = (f"a robust loss (noisy.loss = {cfg.loss}) on noisy rows alone can settle on predicting no label; "
+           "pretrain with noisy.loss=bce" if cfg.loss != "bce" else "give it more noisy.pretrain_epochs")
+    return (f"the pretraining learnt next to nothing: lwlrap {curated_lwlrap:.4f} on the curated clips, and "
+            f"scoring every clip by the noisy labels' frequencies alone gives {prior:.4f}; {why}, "
+            "or use another noisy.strategy")
 
 
 def noisy_clips(ds: Dataset, cfg: NoisyConfig, *, seed: int) -> list[Clip]:
